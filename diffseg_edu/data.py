@@ -13,7 +13,7 @@ __all__ = ['IGNORE_INDEX', 'ACDC_CLASSES', 'MOSXAV_CLASSES', 'MOSXAV_COLOURS', '
            'download', 'class_stats', 'browse_volumes', 'default_synthetic_root', 'open_cases', 'dataset_info',
            'benchmark_augment', 'benchmark_loader', 'main', 'machine_description']
 
-# %% ../nbs/00_data.ipynb #e1c46745
+# %% ../nbs/00_data.ipynb #771cbd59
 import argparse, hashlib, json, os, re, shutil, sys, tarfile, time, zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,14 +26,14 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-# %% ../nbs/00_data.ipynb #bd02f601
+# %% ../nbs/00_data.ipynb #92a48a61
 class DataError(ValueError):
     "A data file or list is missing, unreadable or inconsistent; the message names the file and the problem."
 
 IGNORE_INDEX = 255  # label value that losses and metrics skip (unlabelled rows, MOSXAV "Others")
 ACDC_CLASSES = ("background", "RV", "Myo", "LV")
 
-# %% ../nbs/00_data.ipynb #4d95f4f1
+# %% ../nbs/00_data.ipynb #568c09ad
 def _check_image(path, image: np.ndarray, ndim: int) -> np.ndarray:
     "Check dimensionality and finiteness of an image array read from `path`."
     if image.ndim != ndim:
@@ -56,7 +56,7 @@ def _check_label(path, label: np.ndarray, image_shape, n_classes: int, allowed=(
         raise DataError(f"{path}: label values {bad[:8]} outside 0..{n_classes - 1}")
     return label.astype(np.int64)
 
-# %% ../nbs/00_data.ipynb #f7456155
+# %% ../nbs/00_data.ipynb #66d424eb
 def read_h5(path, ndim: int = 2, n_classes: int = 4, with_label: bool = True, normalize: str = "auto") -> dict:
     """Read and check `image` (and `label`) from an SSL4MIS h5 file.
     `ndim`: 2 for slices, 3 for volumes; `normalize="auto"` min-max scales an image whose max exceeds 1 (official guard)."""
@@ -80,7 +80,7 @@ def read_h5(path, ndim: int = 2, n_classes: int = 4, with_label: bool = True, no
         out["label"] = _check_label(path, np.asarray(arrays["label"]), image.shape, n_classes)
     return out
 
-# %% ../nbs/00_data.ipynb #bf29bc14
+# %% ../nbs/00_data.ipynb #3359d8b5
 def read_list(root, split: str) -> list:
     "Case names of `<root>/<split>.list`; a missing or empty list, or a repeated entry, is a `DataError`."
     path = Path(root) / f"{split}.list"
@@ -96,7 +96,7 @@ def read_list(root, split: str) -> list:
         seen.add(n)
     return names
 
-# %% ../nbs/00_data.ipynb #9400cb7c
+# %% ../nbs/00_data.ipynb #77e6d454
 class H5Cases(Dataset):
     "Cases of an SSL4MIS root named by `<root>/<split>.list`, stored as `<root>/<subdir>/<name>.h5` with `ndim`-D arrays."
     def __init__(self, root, split: str, subdir: str, ndim: int, n_classes: int = 4):
@@ -129,7 +129,7 @@ def H5Volumes(root, split: str = "val", n_classes: int = 4) -> H5Cases:
     "3-D volumes of any split: `<root>/<split>.list` → `<root>/data/<name>.h5`."
     return H5Cases(root, split, "data", 3, n_classes)
 
-# %% ../nbs/00_data.ipynb #617e81a9
+# %% ../nbs/00_data.ipynb #a904a7f6
 @dataclass
 class PhantomPatient:
     "Shape parameters of one synthetic patient (drawn by `draw_patient`)."
@@ -149,7 +149,7 @@ def draw_patient(rng: np.random.Generator) -> PhantomPatient:
     return PhantomPatient((H, W), centre, float(rng.uniform(0.09, 0.13) * min(H, W)), float(rng.uniform(4.0, 7.0)),
                           float(np.pi + rng.uniform(-0.7, 0.7)), harmonics, int(rng.integers(6, 11)))
 
-# %% ../nbs/00_data.ipynb #11fbe709
+# %% ../nbs/00_data.ipynb #6f744ac3
 def phantom_label(p: PhantomPatient, level: float, systole: bool, rng: np.random.Generator) -> np.ndarray:
     "Label map of one slice at `level` (0 = base, 1 = apex); `systole` contracts the cavities."
     H, W = p.size
@@ -177,7 +177,7 @@ def phantom_label(p: PhantomPatient, level: float, systole: bool, rng: np.random
         label[np.hypot(dy - rr * np.sin(ang), dx - rr * np.cos(ang)) < max(1.5, 0.18 * p.r0)] = 3 + 10
     return label
 
-# %% ../nbs/00_data.ipynb #ce287097
+# %% ../nbs/00_data.ipynb #bb7d881c
 def _smooth_field(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
     "Zero-mean, unit-std smooth random field."
     f = ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
@@ -200,7 +200,7 @@ def phantom_image(label: np.ndarray, rng: np.random.Generator, noise: float = 0.
     image = np.hypot(image + n1, n2)                                          # Rician noise
     return image.astype(np.float32), np.where(label == 13, 3, label).astype(np.uint8)
 
-# %% ../nbs/00_data.ipynb #3a4c88af
+# %% ../nbs/00_data.ipynb #e6bb2167
 def phantom_volume(p: PhantomPatient, systole: bool, rng: np.random.Generator) -> tuple:
     "One frame of a patient: image (D, H, W) in [0, 1] and label (D, H, W)."
     levels = np.linspace(0, 1, p.n_slices) ** 0.9
@@ -209,7 +209,7 @@ def phantom_volume(p: PhantomPatient, systole: bool, rng: np.random.Generator) -
     image = (image - image.min()) / (image.max() - image.min())
     return image.astype(np.float32), label
 
-# %% ../nbs/00_data.ipynb #3aab9884
+# %% ../nbs/00_data.ipynb #4f0b78b4
 def _write_h5(path: Path, image: np.ndarray, label: np.ndarray):
     "Write `image`/`label` to `path` atomically (temporary name, then rename)."
     tmp = path.with_name(path.name + ".tmp")
@@ -247,7 +247,7 @@ def write_synthetic(dest, n_train: int = 20, n_val: int = 5, n_test: int = 5, se
     marker.write_text(json.dumps(spec))
     return dest
 
-# %% ../nbs/00_data.ipynb #6968f995
+# %% ../nbs/00_data.ipynb #10754033
 def label_palette(n_classes: int) -> np.ndarray:
     "RGB colours in [0, 1] for classes 0..n_classes-1 (background black; ACDC: R, G, B)."
     if n_classes <= 4:
@@ -262,7 +262,7 @@ def overlay(image: np.ndarray, label: np.ndarray, n_classes: int = 4, alpha: flo
     colours = label_palette(n_classes)[np.where(fg, label, 0)]
     return np.clip(np.where(fg[..., None], (1 - alpha) * rgb + alpha * colours, rgb), 0, 1)
 
-# %% ../nbs/00_data.ipynb #1a3d1a3e
+# %% ../nbs/00_data.ipynb #32fbaa6b
 def show_overlays(images: Sequence, labels: Sequence, n_classes: int = 4, titles: Sequence = None,
                   ncols: int = 4, size: float = 2.4):
     "A grid of image/label overlays; returns the matplotlib figure."
@@ -277,7 +277,7 @@ def show_overlays(images: Sequence, labels: Sequence, n_classes: int = 4, titles
     fig.tight_layout()
     return fig
 
-# %% ../nbs/00_data.ipynb #b4793d8e
+# %% ../nbs/00_data.ipynb #32c2c4a7
 def patient_of(name: str) -> str:
     "Patient id of an SSL4MIS case name (`patient099_frame01_slice_3` → `patient099`); else the part before the first `_`."
     m = re.match(r"(patient\d+)", name)
@@ -307,7 +307,7 @@ def patients_to_slices(names: Sequence, n_patients: int, group_of: Callable = pa
                         f"(row {labeled[gap]}, {names[labeled[gap]]!r}, comes after other patients)")
     return len(labeled)
 
-# %% ../nbs/00_data.ipynb #a37926b1
+# %% ../nbs/00_data.ipynb #917c8501
 class TwoStreamBatchSampler(Sampler):
     "Batches of `labeled_bs` labelled then `batch_size - labeled_bs` unlabelled indices; one epoch = one pass over the labelled set."
     def __init__(self, labeled_idx: Sequence, unlabeled_idx: Sequence, batch_size: int, labeled_bs: int, seed: int = 0):
@@ -348,7 +348,7 @@ class TwoStreamBatchSampler(Sampler):
             yield self.batch(b)
         self.iteration = end
 
-# %% ../nbs/00_data.ipynb #03c4541c
+# %% ../nbs/00_data.ipynb #53683840
 def _nearest_index(n: int, o: int, device=None) -> torch.Tensor:
     "Source indices of scipy's order-0 zoom from length `n` to length `o`."
     if o == 1: return torch.zeros(1, dtype=torch.long, device=device)
@@ -360,7 +360,7 @@ def zoom_nearest(x: torch.Tensor, size: tuple) -> torch.Tensor:
     iy, ix = _nearest_index(h, size[0], x.device), _nearest_index(w, size[1], x.device)
     return x.index_select(-2, iy).index_select(-1, ix)
 
-# %% ../nbs/00_data.ipynb #c67af8b7
+# %% ../nbs/00_data.ipynb #b2fdfaa7
 @dataclass
 class AugmentConfig:
     "Weak/strong augmentation; the defaults reproduce DiffRect's `WeakStrongAugment_Ours`."
@@ -375,7 +375,7 @@ class AugmentConfig:
     color: bool = True            # False = the official --no_color
     blur: bool = True             # False = the official --no_blur
 
-# %% ../nbs/00_data.ipynb #0af8b169
+# %% ../nbs/00_data.ipynb #0cbea310
 def sample_augment_params(n: int, cfg: AugmentConfig, generator: torch.Generator = None) -> dict:
     "Per-sample random parameters for `n` samples, drawn on the CPU (15 uniforms per sample)."
     u = torch.rand(n, 15, generator=generator, dtype=torch.float64)
@@ -388,7 +388,7 @@ def sample_augment_params(n: int, cfg: AugmentConfig, generator: torch.Generator
             "factor": 1 + u[:, 10:13] * cfg.enhance_max,
             "sigma": torch.where((u[:, 13] < cfg.p_blur) & cfg.blur, u[:, 14] * cfg.blur_radius, torch.zeros(n, dtype=torch.float64))}
 
-# %% ../nbs/00_data.ipynb #165fde88
+# %% ../nbs/00_data.ipynb #c506415a
 def rotate_nearest(x: torch.Tensor, angle_deg: torch.Tensor) -> torch.Tensor:
     "Rotate each (C, H, W) sample of `x` anticlockwise by `angle_deg` about its centre; nearest neighbour, zero fill."
     B, _, H, W = x.shape
@@ -399,7 +399,7 @@ def rotate_nearest(x: torch.Tensor, angle_deg: torch.Tensor) -> torch.Tensor:
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
-# %% ../nbs/00_data.ipynb #1d7852d1
+# %% ../nbs/00_data.ipynb #3eb6d601
 def smooth3x3(x: torch.Tensor) -> torch.Tensor:
     "PIL's `SMOOTH` filter, kernel [[1,1,1],[1,5,1],[1,1,1]]/13, on the interior of (..., H, W) `x`; border pixels kept."
     rows = x[..., :-2, :] + x[..., 1:-1, :] + x[..., 2:, :]
@@ -419,7 +419,7 @@ def enhance(x: torch.Tensor, op: int, f: torch.Tensor) -> torch.Tensor:
         return _blend(mean.expand_as(x), x, f)
     return _blend(torch.zeros_like(x) if op == 1 else smooth3x3(x), x, f)
 
-# %% ../nbs/00_data.ipynb #d4d63c3a
+# %% ../nbs/00_data.ipynb #b76e2193
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = 3) -> torch.Tensor:
     "Blur each (1, H, W) sample of `x` with its own Gaussian `sigma` (0 = unchanged); replicate border."
     B = x.shape[0]
@@ -431,7 +431,7 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = 3) -> torc
     y = F.conv2d(y, w.view(B, 1, -1, 1), groups=B)
     return y.reshape_as(x)
 
-# %% ../nbs/00_data.ipynb #232335d5
+# %% ../nbs/00_data.ipynb #abecff60
 def _where_apply(x: torch.Tensor, mask: torch.Tensor, fn: Callable) -> torch.Tensor:
     "`x` with `fn` applied (in place) to the samples selected by the boolean `mask` only."
     idx = mask.nonzero().flatten()
@@ -466,7 +466,7 @@ class WeakStrongAugment:
         label = torch.where(labeled.view(-1, 1, 1), label, torch.full_like(label, IGNORE_INDEX))
         return {"image_weak": weak.contiguous(), "image_strong": strong.contiguous(), "label": label, "labeled_mask": labeled}
 
-# %% ../nbs/00_data.ipynb #8d948e10
+# %% ../nbs/00_data.ipynb #34452bf6
 class SemiSupervisedSlices(Dataset):
     "Training view of `cases`: `{image (1, H, W), label (H, W), labeled, index}` at `patch_size`; unlabelled labels are never read."
     def __init__(self, cases, labeled_idx: Sequence, patch_size: tuple = (256, 256)):
@@ -487,7 +487,7 @@ def train_loader(cases, labeled_idx: Sequence, unlabeled_idx: Sequence, batch_si
     return DataLoader(SemiSupervisedSlices(cases, labeled_idx, patch_size), batch_sampler=sampler,
                       num_workers=num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
 
-# %% ../nbs/00_data.ipynb #250c81ce
+# %% ../nbs/00_data.ipynb #5dc7233d
 MOSXAV_CLASSES = ("background", "vessel", "contrast catheter", "catheter", "balloon")
 MOSXAV_COLOURS = {(0, 0, 0): 0, (85, 170, 255): 1, (170, 255, 0): 2, (249, 193, 0): 3, (255, 0, 0): 4, (244, 108, 59): 5}
 
@@ -513,7 +513,7 @@ def read_mosxav_mask(path, n_classes: int = 5, shape: tuple = None) -> np.ndarra
     arr = np.where(arr == 5, IGNORE_INDEX, arr.astype(np.int64))
     return _check_label(path, arr, arr.shape if shape is None else tuple(shape), n_classes)
 
-# %% ../nbs/00_data.ipynb #5306cc20
+# %% ../nbs/00_data.ipynb #e74cc621
 class MOSXAVFrames(Dataset):
     "Frames of the MOSXAV sequences listed in `ImageSets/<split>.txt` (`train`, `val`: trainval; `test`: test)."
     def __init__(self, root, split: str = "train", n_classes: int = 5):
@@ -552,7 +552,7 @@ class MOSXAVFrames(Dataset):
         return out
     def __getitem__(self, i: int) -> dict: return self.read(i, with_label=self.has_label[i])
 
-# %% ../nbs/00_data.ipynb #097ab1db
+# %% ../nbs/00_data.ipynb #a1afb95f
 def write_mosxav_sample(dest, n_train: int = 3, n_val: int = 1, n_test: int = 1, n_frames: int = 10,
                         size: int = 64, every: int = 5, rgb_masks: bool = False, seed: int = 0) -> Path:
     "A small MOSXAV-layout tree of synthetic angiograms (annotated every `every` frames; test fully, with class 5)."
@@ -581,7 +581,7 @@ def write_mosxav_sample(dest, n_train: int = 3, n_val: int = 1, n_test: int = 1,
                         mask.save(base / "Annotations_Semantic" / seq / f"{t:05d}.png")
     return dest
 
-# %% ../nbs/00_data.ipynb #15ce910d
+# %% ../nbs/00_data.ipynb #51eab984
 @dataclass
 class Source:
     "A downloadable data set: a URL or Google Drive file id (`url`) or a Drive folder id, and what is known about it."
@@ -613,7 +613,7 @@ def sha256sum(path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""): h.update(block)
     return h.hexdigest()
 
-# %% ../nbs/00_data.ipynb #9055b20a
+# %% ../nbs/00_data.ipynb #1d0bfdc0
 def fetch_file(url_or_id: str, dest, sha256: str = None, size: int = None, quiet: bool = True) -> Path:
     "Download `url_or_id` (URL or Drive file id) with gdown to `dest`, resuming; `dest` appears only once verified."
     import gdown
@@ -638,7 +638,7 @@ def fetch_file(url_or_id: str, dest, sha256: str = None, size: int = None, quiet
     os.replace(staging, dest)
     return dest
 
-# %% ../nbs/00_data.ipynb #a800f046
+# %% ../nbs/00_data.ipynb #7161f8ae
 def _safe_extract(archive: Path, into: Path):
     "Unpack a zip or tar archive into `into`, refusing members that would land outside it."
     root = into.resolve()
@@ -672,7 +672,7 @@ def finish_unpacked(tmp: Path, dest: Path, layout: str) -> Path:
     (dest / COMPLETE).write_text(json.dumps({"layout": layout, "time": time.strftime("%Y-%m-%d %H:%M:%S")}))
     return dest
 
-# %% ../nbs/00_data.ipynb #48166d1d
+# %% ../nbs/00_data.ipynb #66f0e538
 def download(name: str, dest=None, url: str = None, sha256: str = None, quiet: bool = True) -> Path:
     "Download and unpack data set `name` (see `REGISTRY`) to `dest` (default `data_cache()/name`); returns its root."
     if name not in REGISTRY:
@@ -700,7 +700,7 @@ def download(name: str, dest=None, url: str = None, sha256: str = None, quiet: b
         shutil.copytree(data_cache() / "downloads" / name, tmp, dirs_exist_ok=True)
     return finish_unpacked(tmp, dest, src.layout)
 
-# %% ../nbs/00_data.ipynb #e50974b0
+# %% ../nbs/00_data.ipynb #6181fbd0
 def class_stats(cases, n_classes: int, indices: Sequence = None) -> dict:
     "Per-class pixel fraction and presence (fraction of cases containing the class) over `indices` of `cases`."
     indices = range(len(cases)) if indices is None else indices
@@ -712,7 +712,7 @@ def class_stats(cases, n_classes: int, indices: Sequence = None) -> dict:
     n = max(len(indices), 1)
     return {"pixel_fraction": (pixels / max(pixels.sum(), 1)).tolist(), "presence": (present / n).tolist(), "cases": len(indices)}
 
-# %% ../nbs/00_data.ipynb #4e3619d9
+# %% ../nbs/00_data.ipynb #fe60db8a
 def _widgets_live() -> bool:
     "True inside a Jupyter kernel that can display widgets (not under nbdev_test)."
     try:
@@ -744,7 +744,7 @@ def browse_volumes(volumes, n_classes: int = 4, static: bool = None):
     case.observe(draw, "value"); depth.observe(draw, "value"); draw()
     display(widgets.VBox([case, depth, out]))
 
-# %% ../nbs/00_data.ipynb #0041a63b
+# %% ../nbs/00_data.ipynb #4f8ef79b
 def default_synthetic_root() -> Path:
     "The phantom data set in the data cache, generated on first use."
     return write_synthetic(data_cache() / "synthetic")
@@ -759,7 +759,7 @@ def _sizes(shapes) -> dict:
     a = np.array(shapes)
     return {"min": a.min(0).tolist(), "max": a.max(0).tolist(), "distinct": len({tuple(s) for s in shapes})}
 
-# %% ../nbs/00_data.ipynb #7cd40c93
+# %% ../nbs/00_data.ipynb #71eb802b
 def dataset_info(dataset: str, root, labeled_patients: int = None) -> dict:
     "Counts per split, the labelled/unlabelled slice counts for `labeled_patients` (MOSXAV: sequences), classes and image sizes."
     root = Path(root)
@@ -791,7 +791,7 @@ def dataset_info(dataset: str, root, labeled_patients: int = None) -> dict:
         info.update(labeled_patients=labeled_patients, labeled_slices=n_lab, unlabeled_slices=len(slices) - n_lab)
     return info
 
-# %% ../nbs/00_data.ipynb #be0df486
+# %% ../nbs/00_data.ipynb #614b99d2
 def benchmark_augment(img_size: int = 256, batch_size: int = 24, n_iters: int = 20, device: str = "cpu", warmup: int = 3) -> dict:
     "Median time of `WeakStrongAugment` on random (batch_size, 1, img_size, img_size) batches; slices per second."
     dev, g = torch.device(device), torch.Generator().manual_seed(0)
@@ -822,7 +822,7 @@ def benchmark_loader(cases, img_size: int = 256, batch_size: int = 24, n_batches
     return {"what": "loader+augment", "workers": num_workers, "img_size": img_size, "batch_size": batch_size,
             "slices": n, "seconds": dt, "slices_per_s": n / dt}
 
-# %% ../nbs/00_data.ipynb #b2b5995b
+# %% ../nbs/00_data.ipynb #98117d42
 def main(argv: Sequence = None):
     "The `diffseg-data` command: info, synthetic, preview, download, bench."
     p = argparse.ArgumentParser(prog="diffseg-data", description="Data sets for diffseg_edu: inspect, generate, preview, download, benchmark.")
@@ -852,7 +852,7 @@ def main(argv: Sequence = None):
     except DataError as e:
         print(f"diffseg-data: error: {e}", file=sys.stderr); return 2
 
-# %% ../nbs/00_data.ipynb #32df2dde
+# %% ../nbs/00_data.ipynb #8a0c20fa
 def _run(a) -> int:
     "Carry out one parsed `diffseg-data` command."
     root = getattr(a, "root", None)
@@ -882,7 +882,7 @@ def _run(a) -> int:
         if a.out: Path(a.out).write_text(json.dumps({"results": results, "machine": machine_description()}, indent=1))
     return 0
 
-# %% ../nbs/00_data.ipynb #0b2e459f
+# %% ../nbs/00_data.ipynb #5da230fb
 def machine_description() -> dict:
     "Python, torch, CPU and GPU of this machine, for result files."
     import platform
