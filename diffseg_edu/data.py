@@ -11,7 +11,7 @@ __all__ = ['IGNORE_INDEX', 'ACDC_CLASSES', 'MOSXAV_CLASSES', 'MOSXAV_COLOURS', '
            'WeakStrongAugment', 'SemiSupervisedSlices', 'train_loader', 'sequence_of', 'read_mosxav_mask',
            'MOSXAVFrames', 'write_mosxav_sample', 'Source', 'data_cache', 'sha256sum', 'fetch_file', 'finish_unpacked',
            'download', 'class_stats', 'browse_volumes', 'default_synthetic_root', 'open_cases', 'dataset_info',
-           'benchmark_augment', 'benchmark_loader', 'main', 'machine_description']
+           'benchmark_augment', 'benchmark_loader', 'data_parser', 'main', 'machine_description']
 
 # %% ../nbs/00_data.ipynb #771cbd59
 import argparse, hashlib, json, os, re, shutil, sys, tarfile, time, zipfile
@@ -33,7 +33,7 @@ class DataError(ValueError):
 IGNORE_INDEX = 255  # label value that losses and metrics skip (unlabelled rows, MOSXAV "Others")
 ACDC_CLASSES = ("background", "RV", "Myo", "LV")
 
-# %% ../nbs/00_data.ipynb #568c09ad
+# %% ../nbs/00_data.ipynb #c16cdb13
 def _check_image(path, image: np.ndarray, ndim: int) -> np.ndarray:
     "Check dimensionality and finiteness of an image array read from `path`."
     if image.ndim != ndim:
@@ -50,10 +50,10 @@ def _check_label(path, label: np.ndarray, image_shape, n_classes: int, allowed=(
     if label.dtype.kind == "f":
         if not np.isfinite(label).all() or (label != np.round(label)).any():
             raise DataError(f"{path}: 'label' holds non-integer values")
-    values = np.unique(label)
-    bad = [int(v) for v in values if not (0 <= v < n_classes or v in allowed)]
-    if bad:
-        raise DataError(f"{path}: label values {bad[:8]} outside 0..{n_classes - 1}")
+    if label.size and not (label.min() >= 0 and label.max() < n_classes):   # fast path: min/max, no sort
+        bad = [int(v) for v in np.unique(label) if not (0 <= v < n_classes or v in allowed)]
+        if bad:
+            raise DataError(f"{path}: label values {bad[:8]} outside 0..{n_classes - 1}")
     return label.astype(np.int64)
 
 # %% ../nbs/00_data.ipynb #66d424eb
@@ -149,7 +149,7 @@ def draw_patient(rng: np.random.Generator) -> PhantomPatient:
     return PhantomPatient((H, W), centre, float(rng.uniform(0.09, 0.13) * min(H, W)), float(rng.uniform(4.0, 7.0)),
                           float(np.pi + rng.uniform(-0.7, 0.7)), harmonics, int(rng.integers(6, 11)))
 
-# %% ../nbs/00_data.ipynb #6f744ac3
+# %% ../nbs/00_data.ipynb #6b6e6e1a
 def phantom_label(p: PhantomPatient, level: float, systole: bool, rng: np.random.Generator) -> np.ndarray:
     "Label map of one slice at `level` (0 = base, 1 = apex); `systole` contracts the cavities."
     H, W = p.size
@@ -166,12 +166,11 @@ def phantom_label(p: PhantomPatient, level: float, systole: bool, rng: np.random
     label[d < r_lv] = 3
     rv_scale = (1 - level) ** 0.7 * (0.75 if systole else 1.0)
     if rv_scale > 0.15:
-        a, b = 1.1 * p.r0 * rv_scale + 2, 2.0 * p.r0 * rv_scale + 2  # semi-axes along / across the RV direction
-        c = 0.85 * float(np.median(r_lv + t)) + 0.5 * a   # overlaps the epicardium, so the septum carves a crescent
+        a, b = 0.8 * p.r0 * rv_scale + 2, 2.0 * p.r0 * rv_scale + 2  # semi-axes along / across the RV direction
+        c = 0.6 * float(np.median(r_lv + t)) + 0.5 * a    # the ellipse overlaps the epicardium ...
         u = dx * np.cos(p.rv_angle) + dy * np.sin(p.rv_angle) - c
         v = -dx * np.sin(p.rv_angle) + dy * np.cos(p.rv_angle)
-        septum = ndimage.binary_dilation(epi, iterations=2)
-        label[((u / a) ** 2 + (v / b) ** 2 < 1) & ~septum] = 1
+        label[((u / a) ** 2 + (v / b) ** 2 < 1) & ~epi] = 1     # ... so the septum carves a crescent
     for _ in range(int(rng.integers(0, 3))):  # papillary muscles: myocardium-dark, labelled LV (as in ACDC)
         ang, rr = rng.uniform(0, 2 * np.pi), 0.55 * float(np.median(r_lv))
         label[np.hypot(dy - rr * np.sin(ang), dx - rr * np.cos(ang)) < max(1.5, 0.18 * p.r0)] = 3 + 10
@@ -513,7 +512,14 @@ def read_mosxav_mask(path, n_classes: int = 5, shape: tuple = None) -> np.ndarra
     arr = np.where(arr == 5, IGNORE_INDEX, arr.astype(np.int64))
     return _check_label(path, arr, arr.shape if shape is None else tuple(shape), n_classes)
 
-# %% ../nbs/00_data.ipynb #e74cc621
+# %% ../nbs/00_data.ipynb #27886c0d
+def _sequence_frames(base: Path, seq: str, listing: Path) -> list:
+    "Sorted JPEG frames of sequence `seq`; a listed sequence without frames is an error."
+    frames = sorted((base / "JPEGImages" / seq).glob("*.jpg"))
+    if not frames:
+        raise DataError(f"{listing}: sequence {seq!r} has no frames in {base / 'JPEGImages' / seq}")
+    return frames
+
 class MOSXAVFrames(Dataset):
     "Frames of the MOSXAV sequences listed in `ImageSets/<split>.txt` (`train`, `val`: trainval; `test`: test)."
     def __init__(self, root, split: str = "train", n_classes: int = 5):
@@ -525,15 +531,10 @@ class MOSXAVFrames(Dataset):
         seqs = [s.strip() for s in listing.read_text().splitlines() if s.strip()]
         if not seqs:
             raise DataError(f"{listing}: the list is empty")
-        self.names, self.paths, self.masks = [], [], []
-        for seq in seqs:
-            frames = sorted((base / "JPEGImages" / seq).glob("*.jpg"))
-            if not frames:
-                raise DataError(f"{listing}: sequence {seq!r} has no frames in {base / 'JPEGImages' / seq}")
-            for f in frames:
-                mask = base / "Annotations_Semantic" / seq / f"{f.stem}.png"
-                self.names.append(f"{seq}/{f.stem}"); self.paths.append(f)
-                self.masks.append(mask if mask.is_file() else None)
+        self.paths = [f for seq in seqs for f in _sequence_frames(base, seq, listing)]
+        self.names = [f"{f.parent.name}/{f.stem}" for f in self.paths]
+        masks = [base / "Annotations_Semantic" / f.parent.name / f"{f.stem}.png" for f in self.paths]
+        self.masks = [m if m.is_file() else None for m in masks]
         self.has_label = [m is not None for m in self.masks]
 
     def __len__(self): return len(self.names)
@@ -712,12 +713,13 @@ def class_stats(cases, n_classes: int, indices: Sequence = None) -> dict:
     n = max(len(indices), 1)
     return {"pixel_fraction": (pixels / max(pixels.sum(), 1)).tolist(), "presence": (present / n).tolist(), "cases": len(indices)}
 
-# %% ../nbs/00_data.ipynb #fe60db8a
+# %% ../nbs/00_data.ipynb #2d40459d
 def _widgets_live() -> bool:
-    "True inside a Jupyter kernel that can display widgets (not under nbdev_test)."
+    "True inside a Jupyter kernel that can display widgets; False under nbdev_test or with `DIFFSEG_STATIC=1` (static renders)."
     try:
         from IPython import get_ipython
-        return get_ipython().__class__.__name__ == "ZMQInteractiveShell" and not os.environ.get("IN_TEST")
+        live = get_ipython().__class__.__name__ == "ZMQInteractiveShell"
+        return live and not (os.environ.get("IN_TEST") or os.environ.get("DIFFSEG_STATIC"))
     except Exception:
         return False
 
@@ -822,9 +824,9 @@ def benchmark_loader(cases, img_size: int = 256, batch_size: int = 24, n_batches
     return {"what": "loader+augment", "workers": num_workers, "img_size": img_size, "batch_size": batch_size,
             "slices": n, "seconds": dt, "slices_per_s": n / dt}
 
-# %% ../nbs/00_data.ipynb #98117d42
-def main(argv: Sequence = None):
-    "The `diffseg-data` command: info, synthetic, preview, download, bench."
+# %% ../nbs/00_data.ipynb #609dc8da
+def data_parser() -> argparse.ArgumentParser:
+    "Argument parser of `diffseg-data`."
     p = argparse.ArgumentParser(prog="diffseg-data", description="Data sets for diffseg_edu: inspect, generate, preview, download, benchmark.")
     sub = p.add_subparsers(dest="cmd", required=True)
     i = sub.add_parser("info", help="print one JSON object describing a data set")
@@ -846,7 +848,11 @@ def main(argv: Sequence = None):
     b.add_argument("--iters", type=int, default=20); b.add_argument("--device", default="cpu")
     b.add_argument("--dataset", choices=["acdc", "synthetic"], default="synthetic"); b.add_argument("--root")
     b.add_argument("--out", help="also write the results as JSON")
-    a = p.parse_args(argv)
+    return p
+
+def main(argv: Sequence = None) -> int:
+    "The `diffseg-data` command: info, synthetic, preview, download, bench. Data errors exit with status 2."
+    a = data_parser().parse_args(argv)
     try:
         return _run(a)
     except DataError as e:
