@@ -13,9 +13,9 @@ __all__ = ['IGNORE_INDEX', 'ACDC_CLASSES', 'MOSXAV_CLASSES', 'MOSXAV_COLOURS', '
            'download', 'class_stats', 'browse_volumes', 'default_synthetic_root', 'open_cases', 'dataset_info',
            'benchmark_augment', 'benchmark_loader', 'data_parser', 'main', 'machine_description']
 
-# %% ../nbs/00_data.ipynb #771cbd59
+# %% ../nbs/00_data.ipynb #a2dd4d7d
 import argparse, hashlib, json, os, re, shutil, sys, tarfile, time, zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -33,7 +33,7 @@ class DataError(ValueError):
 IGNORE_INDEX = 255  # label value that losses and metrics skip (unlabelled rows, MOSXAV "Others")
 ACDC_CLASSES = ("background", "RV", "Myo", "LV")
 
-# %% ../nbs/00_data.ipynb #c16cdb13
+# %% ../nbs/00_data.ipynb #31c9b1b9
 def _check_image(path, image: np.ndarray, ndim: int) -> np.ndarray:
     "Check dimensionality and finiteness of an image array read from `path`."
     if image.ndim != ndim:
@@ -43,8 +43,8 @@ def _check_image(path, image: np.ndarray, ndim: int) -> np.ndarray:
         raise DataError(f"{path}: 'image' has {bad} non-finite values (NaN or inf)")
     return image.astype(np.float32, copy=False)
 
-def _check_label(path, label: np.ndarray, image_shape, n_classes: int, allowed=(IGNORE_INDEX,)) -> np.ndarray:
-    "Check shape, integrality and range of a label array read from `path`."
+def _check_label(path, label: np.ndarray, image_shape, n_classes: int, allowed: tuple = ()) -> np.ndarray:
+    "Check shape, integrality and range (`0..n_classes-1`, plus values in `allowed`) of a label array read from `path`."
     if label.shape != image_shape:
         raise DataError(f"{path}: label shape {label.shape} does not match image shape {image_shape}")
     if label.dtype.kind == "f":
@@ -430,7 +430,7 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = 3) -> torc
     y = F.conv2d(y, w.view(B, 1, -1, 1), groups=B)
     return y.reshape_as(x)
 
-# %% ../nbs/00_data.ipynb #abecff60
+# %% ../nbs/00_data.ipynb #17f20154
 def _where_apply(x: torch.Tensor, mask: torch.Tensor, fn: Callable) -> torch.Tensor:
     "`x` with `fn` applied (in place) to the samples selected by the boolean `mask` only."
     idx = mask.nonzero().flatten()
@@ -447,7 +447,7 @@ class WeakStrongAugment:
         "`image` (B, 1, H, W) in [0, 1], `label` (B, H, W), `labeled` (B,) bool → `{image_weak, image_strong, label, labeled_mask}`."
         cfg, dev = self.cfg, image.device
         p = {k: v.to(dev) for k, v in sample_augment_params(image.shape[0], cfg, generator).items()}
-        x = torch.floor(image * 255) / 255 if cfg.quantize else image.clone()
+        x = torch.floor(image * 255) / 255 if cfg.quantize else image
         both = torch.cat([x, label[:, None].to(x.dtype)], 1)                    # geometry is shared
         both = _where_apply(both, p["flip_lr"], lambda t: t.flip(-1))
         both = _where_apply(both, p["flip_ud"], lambda t: t.flip(-2))
@@ -486,7 +486,7 @@ def train_loader(cases, labeled_idx: Sequence, unlabeled_idx: Sequence, batch_si
     return DataLoader(SemiSupervisedSlices(cases, labeled_idx, patch_size), batch_sampler=sampler,
                       num_workers=num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
 
-# %% ../nbs/00_data.ipynb #5dc7233d
+# %% ../nbs/00_data.ipynb #b0126cb3
 MOSXAV_CLASSES = ("background", "vessel", "contrast catheter", "catheter", "balloon")
 MOSXAV_COLOURS = {(0, 0, 0): 0, (85, 170, 255): 1, (170, 255, 0): 2, (249, 193, 0): 3, (255, 0, 0): 4, (244, 108, 59): 5}
 
@@ -510,7 +510,7 @@ def read_mosxav_mask(path, n_classes: int = 5, shape: tuple = None) -> np.ndarra
             raise DataError(f"{path}: colours {[(v >> 16, (v >> 8) & 255, v & 255) for v in unknown[:4]]} are not MOSXAV classes")
         arr = np.array([lut[int(v)] for v in codes])[inverse].reshape(arr.shape[:2])
     arr = np.where(arr == 5, IGNORE_INDEX, arr.astype(np.int64))
-    return _check_label(path, arr, arr.shape if shape is None else tuple(shape), n_classes)
+    return _check_label(path, arr, arr.shape if shape is None else tuple(shape), n_classes, allowed=(IGNORE_INDEX,))
 
 # %% ../nbs/00_data.ipynb #27886c0d
 def _sequence_frames(base: Path, seq: str, listing: Path) -> list:

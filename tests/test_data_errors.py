@@ -22,6 +22,7 @@ IMG, LAB = np.random.rand(16, 16).astype(np.float32), np.random.randint(0, 4, (1
     (dict(image=np.where(IMG > 0.5, np.inf, IMG).astype(np.float32), label=LAB), "non-finite"),
     (dict(image=np.where(IMG > 0.5, np.nan, IMG).astype(np.float32), label=LAB), "non-finite"),
     (dict(image=IMG, label=(LAB + 2).astype(np.uint8)), "outside 0..3"),
+    (dict(image=IMG, label=np.where(LAB == 1, 255, LAB).astype(np.uint8)), r"\[255\] outside 0..3"),   # no ignore value in h5 labels
     (dict(image=IMG, label=LAB[:8]), "does not match image shape"),
     (dict(image=IMG, label=LAB + 0.5), "non-integer"),
 ])

@@ -4,6 +4,12 @@ from pathlib import Path
 import gdown, pytest
 from diffseg_edu.data import COMPLETE, DataError, download, fetch_file, main, write_mosxav_sample, MOSXAVFrames, data_cache
 
+def zip_with(name: str, text: str) -> bytes:
+    "A zip archive holding one member `name`."
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z: z.writestr(name, text)
+    return buf.getvalue()
+
 def zip_of(root: Path, prefix: str) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -56,17 +62,13 @@ def test_size_mismatch(tmp_path, monkeypatch):
     assert not (tmp_path / "f").exists()
 
 def test_wrong_layout_is_not_marked_complete(tmp_path, monkeypatch):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z: z.writestr("something/else.txt", "hi")
-    monkeypatch.setattr(gdown, "download", FakeDrive(buf.getvalue()))
+    monkeypatch.setattr(gdown, "download", FakeDrive(zip_with("something/else.txt", "hi")))
     with pytest.raises(DataError, match="no 'train_slices.list' found"):
         download("acdc", dest=tmp_path / "acdc", url="id")
     assert not (tmp_path / "acdc").exists()
 
 def test_zip_slip_is_refused(tmp_path, monkeypatch):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z: z.writestr("../evil.txt", "x")
-    monkeypatch.setattr(gdown, "download", FakeDrive(buf.getvalue()))
+    monkeypatch.setattr(gdown, "download", FakeDrive(zip_with("../evil.txt", "x")))
     with pytest.raises(DataError, match="outside"):
         download("acdc", dest=tmp_path / "acdc", url="id")
     assert not (tmp_path / "evil.txt").exists()
