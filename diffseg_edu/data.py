@@ -614,7 +614,7 @@ def sha256sum(path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""): h.update(block)
     return h.hexdigest()
 
-# %% ../nbs/00_data.ipynb #1d0bfdc0
+# %% ../nbs/00_data.ipynb #621dc388
 def fetch_file(url_or_id: str, dest, sha256: str = None, size: int = None, quiet: bool = True) -> Path:
     "Download `url_or_id` (URL or Drive file id) with gdown to `dest`, resuming; `dest` appears only once verified."
     import gdown
@@ -630,9 +630,11 @@ def fetch_file(url_or_id: str, dest, sha256: str = None, size: int = None, quiet
                         f"received bytes are kept beside {staging} and the next call resumes") from None
     if not staging.is_file():
         raise DataError(f"{url_or_id}: the download produced no file at {staging}")
-    got_size = staging.stat().st_size
-    problem = (f"size {got_size} bytes, expected {size}" if size is not None and got_size != size else
-               f"sha256 {sha256sum(staging)}, expected {sha256}" if sha256 is not None and sha256sum(staging) != sha256 else None)
+    got_size, problem = staging.stat().st_size, None
+    if size is not None and got_size != size:
+        problem = f"size {got_size} bytes, expected {size}"
+    elif sha256 is not None and (digest := sha256sum(staging)) != sha256:   # hash the (large) file once
+        problem = f"sha256 {digest}, expected {sha256}"
     if problem:
         staging.unlink()
         raise DataError(f"{url_or_id}: downloaded file has {problem}; it was deleted")
@@ -761,19 +763,19 @@ def _sizes(shapes) -> dict:
     a = np.array(shapes)
     return {"min": a.min(0).tolist(), "max": a.max(0).tolist(), "distinct": len({tuple(s) for s in shapes})}
 
-# %% ../nbs/00_data.ipynb #71eb802b
+# %% ../nbs/00_data.ipynb #10eebd95
 def dataset_info(dataset: str, root, labeled_patients: int = None) -> dict:
     "Counts per split, the labelled/unlabelled slice counts for `labeled_patients` (MOSXAV: sequences), classes and image sizes."
     root = Path(root)
     if dataset == "mosxav":
-        info = {"dataset": dataset, "root": str(root), "classes": list(MOSXAV_CLASSES), "splits": {}}
+        info, frames = {"dataset": dataset, "root": str(root), "classes": list(MOSXAV_CLASSES), "splits": {}}, {}
         for split in ("train", "val", "test"):
-            try: fr = MOSXAVFrames(root, split)
+            try: frames[split] = fr = MOSXAVFrames(root, split)
             except DataError: continue
             info["splits"][split] = {"frames": len(fr), "annotated": sum(fr.has_label), "sequences": len({sequence_of(n) for n in fr.names})}
         if not info["splits"]: raise DataError(f"{root}: no MOSXAV split lists found (trainval/ImageSets/*.txt)")
-        if labeled_patients is not None and "train" in info["splits"]:
-            fr = MOSXAVFrames(root, "train")
+        if labeled_patients is not None and "train" in frames:
+            fr = frames["train"]
             lab, unl = split_by_group(fr.names, labeled_patients, sequence_of, fr.has_label)
             info.update(labeled_sequences=labeled_patients, labeled_frames=len(lab), unlabeled_frames=len(unl))
         return info
@@ -858,7 +860,7 @@ def main(argv: Sequence = None) -> int:
     except DataError as e:
         print(f"diffseg-data: error: {e}", file=sys.stderr); return 2
 
-# %% ../nbs/00_data.ipynb #8a0c20fa
+# %% ../nbs/00_data.ipynb #4a009a42
 def _run(a) -> int:
     "Carry out one parsed `diffseg-data` command."
     root = getattr(a, "root", None)
@@ -881,8 +883,8 @@ def _run(a) -> int:
         print(download(a.name, a.dest, a.url, a.sha256, quiet=False))
     elif a.cmd == "bench":
         results = [benchmark_augment(a.img_size, a.batch_size, a.iters, a.device)]
-        if root is not None or a.dataset == "synthetic":
-            results.append(benchmark_loader(H5Slices(root or default_synthetic_root()), a.img_size, a.batch_size, max(3, a.iters // 2)))
+        if root is not None:   # set above for the phantom; for ACDC only when --root is given
+            results.append(benchmark_loader(H5Slices(root), a.img_size, a.batch_size, max(3, a.iters // 2)))
         for r in results: print(json.dumps(r))
         print(" | ".join(f"{r['what']}: {r['slices_per_s']:.0f} slices/s" for r in results) + f" at {a.img_size}² on {a.device}")
         if a.out: Path(a.out).write_text(json.dumps({"results": results, "machine": machine_description()}, indent=1))
