@@ -130,7 +130,7 @@ def _autocast(device: torch.device, amp: str = None):
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     return torch.autocast(device.type, dtype=dtype, enabled=amp is not None)
 
-# %% ../nbs/02_metrics.ipynb #a3667e20
+# %% ../nbs/02_metrics.ipynb #55666286
 @torch.inference_mode()
 def predict_volume(model: nn.Module, image, patch_size: tuple = (256, 256), batch_size: int = 8, amp: str = None) -> np.ndarray:
     """Argmax class map (uint8) of a `(D, H, W)` volume or `(H, W)` image: nearest resize of every slice to `patch_size`,
@@ -140,7 +140,7 @@ def predict_volume(model: nn.Module, image, patch_size: tuple = (256, 256), batc
     squeeze = x.ndim == 2
     x = x[None] if squeeze else x
     param = next(model.parameters())
-    channels_last = param.ndim == 4 and param.is_contiguous(memory_format=torch.channels_last) and not param.is_contiguous()
+    channels_last = any(p.ndim == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters())
     out = []
     for chunk in x.split(batch_size):
         inp = zoom_nearest(chunk.to(param.device)[:, None], patch_size)

@@ -7,8 +7,8 @@ __all__ = ['MODELS', 'ConvBlock', 'n_params', 'DownBlock', 'UpBlock', 'official_
            'stage_table', 'receptive_field', 'fuse_conv_bn', 'ModelError', 'model_spec', 'build_model',
            'save_checkpoint', 'read_checkpoint', 'load_model', 'dice_loss', 'supervised_loss', 'fit_supervised']
 
-# %% ../nbs/01_unet.ipynb #7714610e
-import copy, re
+# %% ../nbs/01_unet.ipynb #c981225c
+import copy, os, re
 from pathlib import Path
 from typing import Sequence
 
@@ -175,12 +175,14 @@ def build_model(spec: dict) -> nn.Module:
     try: return MODELS[spec["name"]](**spec.get("kwargs", {}))
     except TypeError as e: raise ModelError(f"model {spec['name']!r}: bad arguments {spec.get('kwargs')}: {e}") from None
 
-# %% ../nbs/01_unet.ipynb #04c55e60
+# %% ../nbs/01_unet.ipynb #5dc308a1
 def save_checkpoint(path, model: nn.Module, **extra) -> Path:
     "Write `{'model': spec, 'state_dict': …, **extra}` to `path` atomically (temporary file, then rename)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": model_spec(model), "state_dict": model.state_dict(), **extra}, tmp)
+    with open(tmp, "wb") as f:
+        torch.save({"model": model_spec(model), "state_dict": model.state_dict(), **extra}, f)
+        f.flush(); os.fsync(f.fileno())      # on disk before the rename makes it visible
     tmp.replace(path)
     return path
 
