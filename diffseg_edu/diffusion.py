@@ -474,5 +474,5 @@ def main(argv: Sequence = None) -> int:
     print(json.dumps(benchmark_iteration(a.img_size, n_iters=a.iters, warmup=a.warmup, channels_last=a.channels_last, amp=a.amp, device=a.device)))
     return 0
 
-if __name__ == "__main__" and "ipykernel" not in sys.modules:   # `python -m diffseg_edu.diffusion`, not a notebook kernel
+if __name__ == "__main__" and "__file__" in globals():   # `python -m diffseg_edu.diffusion`; a notebook has no __file__
     raise SystemExit(main())
