@@ -106,9 +106,9 @@ class TimeConvBlock(nn.Module):
     "Conv3×3 → BN → LeakyReLU, + Linear(SiLU(e)) per channel, Dropout → Conv3×3 → BN → LeakyReLU."
     def __init__(self, c_in: int, c_out: int, p: float = 0.0, emb_dim: int = 512):
         super().__init__()
-        self.conv0 = nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.01))
+        self.conv0 = nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.01, inplace=True))
         self.emb_proj = nn.Linear(emb_dim, c_out)
-        self.conv1 = nn.Sequential(nn.Dropout(p), nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.01))
+        self.conv1 = nn.Sequential(nn.Dropout(p), nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.01, inplace=True))
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         return self.conv1(self.conv0(x) + self.emb_proj(F.silu(emb))[:, :, None, None])
 
@@ -370,10 +370,11 @@ def diffrect_iteration(seg: nn.Module, refine: RefineNet, opt_seg, opt_refine, b
     lam = consistency_weight(iteration)
     s = segmentation_losses(seg(x_w), seg(x_s), y, L, lam, uncertain)
     opt_seg.zero_grad(set_to_none=True); s["loss"].backward(); opt_seg.step()
+    opt_refine.zero_grad(set_to_none=True)        # refine loss L_b1 + λ·L_b2, back-propagated stage by stage:
     b1 = stage_weak_to_gt(refine, x_w, s["pl_w"], s["pl_s"], y, L, guidance, uncertain)
+    b1["loss"].backward()                         # b2 needs nothing from b1's graph, so free it before b2 is built
     b2 = stage_strong_to_weak(refine, x_s, s["pl_s"], s["pl_w"], b1, L, guidance)
-    refine_loss = b1["loss"] + lam * b2["loss"]
-    opt_refine.zero_grad(set_to_none=True); refine_loss.backward(); opt_refine.step()
+    (lam * b2["loss"]).backward(); opt_refine.step()
     out = {"seg": s["loss"].item(), "sup": s["sup"].item(), "b1": b1["loss"].item(), "b2": b2["loss"].item(),
            "lat_b1": b1["lat_loss"].item(), "lat_b2": b2["lat_loss"].item(), "weight": lam}
     if iteration > refine_start:
@@ -449,15 +450,14 @@ def benchmark_iteration(img_size: int = 128, batch_size: int = 6, labeled_bs: in
         opt_s.zero_grad(set_to_none=True); loss.backward(); opt_s.step()
     def diffrect():
         with ctx(): diffrect_iteration(seg, ref, opt_s, opt_r, batch, iteration=2000)
-    times = {}
-    for name, fn in (("supervised", supervised), ("diffrect", diffrect)):
-        ts = []
-        for k in range(warmup + n_iters):
+    ts = {"supervised": [], "diffrect": []}
+    for k in range(warmup + n_iters):          # interleaved, so both see the same machine conditions
+        for name, fn in (("supervised", supervised), ("diffrect", diffrect)):
             if dev.type == "cuda": torch.cuda.synchronize()
             t0 = time.perf_counter(); fn()
             if dev.type == "cuda": torch.cuda.synchronize()
-            if k >= warmup: ts.append(time.perf_counter() - t0)
-        times[name] = float(np.median(ts))
+            if k >= warmup: ts[name].append(time.perf_counter() - t0)
+    times = {name: float(np.median(v)) for name, v in ts.items()}
     return {"what": "diffrect_iteration", "img_size": img_size, "batch_size": batch_size, "device": str(dev), "threads": torch.get_num_threads(),
             "channels_last": channels_last, "amp": amp, "supervised_s": times["supervised"], "diffrect_s": times["diffrect"],
             "ratio": times["diffrect"] / times["supervised"], "peak_rss_mb": _peak_rss_mb(),

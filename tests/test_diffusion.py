@@ -119,3 +119,17 @@ def test_seeded_iteration_is_reproducible():
 def test_complementary_loss_weight():
     pw, ps = torch.rand(2, 4, 8, 8).softmax(1), torch.rand(2, 4, 8, 8).softmax(1)
     assert complementary_loss(pw, ps) < complementary_loss(pw, ps, square_weight=False)
+
+
+def test_stagewise_backward_gives_identical_gradients():
+    "diffrect_iteration back-propagates L_b1 then λ·L_b2 separately (lower memory); the gradients equal one combined backward."
+    def grads(stagewise):
+        torch.manual_seed(0)
+        seg, ref, b = UNet(), RefineNet(), _batch()
+        s = segmentation_losses(seg(b["image_weak"]), seg(b["image_strong"]), b["label"], b["labeled_mask"], 0.1)
+        b1 = stage_weak_to_gt(ref, b["image_weak"], s["pl_w"], s["pl_s"], b["label"], b["labeled_mask"])
+        if stagewise: b1["loss"].backward()
+        b2 = stage_strong_to_weak(ref, b["image_strong"], s["pl_s"], s["pl_w"], b1, b["labeled_mask"])
+        (0.1 * b2["loss"]).backward() if stagewise else (b1["loss"] + 0.1 * b2["loss"]).backward()
+        return [p.grad for p in ref.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(grads(False), grads(True)))
