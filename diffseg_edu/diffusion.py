@@ -8,7 +8,7 @@ __all__ = ['OFFICIAL_PALETTES', 'GUIDANCE_SCALE', 'OFFICIAL_ALPHA_BAR', 'farthes
            'TimeConvBlock', 'TimeDown', 'TimeUp', 'TimeEncoder', 'TimeDecoder', 'time_embedding', 'LatentDenoiser',
            'train_scheduler', 'sample_scheduler', 'RefineConfig', 'RefineNet', 'latent_pca', 'step_viewer',
            'consistency_weight', 'stage_weak_to_gt', 'stage_strong_to_weak', 'rectify', 'segmentation_losses',
-           'diffrect_iteration', 'seg_classes', 'corrupt_labels', 'denoising_trajectory', 'benchmark_iteration', 'main']
+           'diffrect_iteration', 'corrupt_labels', 'denoising_trajectory', 'benchmark_iteration', 'main']
 
 # %% ../nbs/03_label_diffusion.ipynb #5520c41c
 import math, sys, time
@@ -23,7 +23,8 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 
 from .data import IGNORE_INDEX
-from .unet import UNet, dice_loss, n_params
+from .metrics import amp_context
+from .unet import UNet, check_input_size, dice_loss, n_params
 
 # %% ../nbs/03_label_diffusion.ipynb #37c2f87c
 OFFICIAL_PALETTES = {2: [[0, 0, 0], [1, 1, 1]], 3: [[0, 0, 0], [1, 0, 0], [0, 1, 0]],
@@ -137,8 +138,9 @@ class TimeEncoder(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor, added: list = None) -> list:
         feats = []
         for i, block in enumerate([self.in_conv, *self.down]):
-            x = block(x if i == 0 else feats[-1], emb)
-            feats.append(x + added[i] if added is not None else x)
+            x = block(x, emb)
+            if added is not None: x = x + added[i]
+            feats.append(x)
         return feats
 
 class TimeDecoder(nn.Module):
@@ -212,22 +214,30 @@ class RefineConfig:
     palette: str = "official"        # colours: 'official' (2–4 classes) or 'farthest'
 
 # %% ../nbs/03_label_diffusion.ipynb #7fb9b2b4
-def _check_size(net, x: torch.Tensor):
-    if x.shape[-2] % net.stride or x.shape[-1] % net.stride:
-        raise ValueError(f"input size {tuple(x.shape[-2:])} is not divisible by {net.stride} (the rectifier's total down-sampling)")
-
 def _encode(net, labels: torch.Tensor, image: torch.Tensor, emb: torch.Tensor, img_feats: list) -> list:
     "Encoder features of (image, colour-embedded `labels`), with the image embedder's features added at every level."
     return net.encoder(torch.cat([image, embed_labels(labels, net.palette, check=not labels.is_cuda)], 1), emb, img_feats)
 
+def _context(net, labels: torch.Tensor, image: torch.Tensor, guidance: torch.Tensor) -> tuple:
+    "`(e(t), image-embedder features, label-encoder features)` of one rectifier input."
+    check_input_size(image, net.stride, "rectifier")
+    emb = net.time(guidance.to(image.dtype))
+    img_feats = net.embedder(image, emb)
+    return emb, img_feats, _encode(net, labels, image, emb, img_feats)
+
 @torch.no_grad()
-def _ddim_sample(net, cond: torch.Tensor, generator: torch.Generator = None) -> torch.Tensor:
-    "2-step DDIM (η = 0) from pure noise, conditioned on `cond`; returns the last (clamped) x̂₀."
+def _ddim_steps(net, cond: torch.Tensor, generator: torch.Generator = None):
+    "Yield `(original step, z, DDIM output)` of the DDIM (η = 0) loop from pure noise over the kept steps, conditioned on `cond`."
     z = torch.randn(cond.shape, generator=generator, device="cpu" if generator is not None else cond.device).to(cond)
     for k in net.sampler.timesteps:
         step = net.sample_map[k].expand(len(cond)).to(cond.device)
         out = net.sampler.step(net.denoiser(z, step, cond), int(k), z, eta=0.0, use_clipped_model_output=True)
+        yield int(net.sample_map[k]), z, out
         z = out.prev_sample
+
+def _ddim_sample(net, cond: torch.Tensor, generator: torch.Generator = None) -> torch.Tensor:
+    "2-step DDIM (η = 0) from pure noise, conditioned on `cond`; returns the last (clamped) x̂₀."
+    *_, (_, _, out) = _ddim_steps(net, cond, generator)
     return out.pred_original_sample
 
 # %% ../nbs/03_label_diffusion.ipynb #64703328
@@ -251,10 +261,7 @@ class RefineNet(nn.Module):
                 generator: torch.Generator = None):
         """Training (`good` labels given): `(latent MSE, logits, {'z0', 'z0_hat'})`. Sampling (`good=None`): logits.
         `labels`, `good`: class maps `(B, H, W)`; `image`: `(B, img_channels, H, W)`; `guidance`: `(B,)` values t = 999·τ."""
-        _check_size(self, image)
-        emb = self.time(guidance.to(image.dtype))
-        img_feats = self.embedder(image, emb)
-        feats = _encode(self, labels, image, emb, img_feats)
+        emb, img_feats, feats = _context(self, labels, image, guidance)
         if good is None:
             z0_hat = _ddim_sample(self, feats[-1], generator)
             return self.decoder(feats[:-1] + [z0_hat], emb)
@@ -379,14 +386,10 @@ def diffrect_iteration(seg: nn.Module, refine: RefineNet, opt_seg, opt_refine, b
            "lat_b1": b1["lat_loss"].item(), "lat_b2": b2["lat_loss"].item(), "weight": lam}
     if iteration > refine_start:
         pl_rect = rectify(refine, x_w, s["pl_w"], b1["guidance"], rectify_train_mode, uncertain)
-        rect = _ce_dice(seg(x_w)[~L], pl_rect[~L], seg_classes(seg))
+        rect = _ce_dice(seg(x_w)[~L], pl_rect[~L], refine.n_classes)
         opt_seg.zero_grad(set_to_none=True); rect.backward(); opt_seg.step()
         out["rect"] = rect.item()
     return out
-
-def seg_classes(seg: nn.Module) -> int:
-    "Number of classes a segmentation model predicts."
-    return seg.n_classes if hasattr(seg, "n_classes") else seg.config["n_classes"]
 
 # %% ../nbs/03_label_diffusion.ipynb #45830871
 def corrupt_labels(labels: torch.Tensor, n_classes: int, generator: torch.Generator, strength: float = 1.0) -> torch.Tensor:
@@ -414,17 +417,10 @@ def corrupt_labels(labels: torch.Tensor, n_classes: int, generator: torch.Genera
 @torch.no_grad()
 def denoising_trajectory(net: RefineNet, labels: torch.Tensor, image: torch.Tensor, guidance: torch.Tensor, generator: torch.Generator = None) -> list:
     "Per DDIM step: `{'step', 'z', 'z0_hat', 'label'}` (the decoded argmax of each x̂₀), for figures."
-    emb = net.time(guidance.to(image.dtype))
-    feats = _encode(net, labels, image, emb, net.embedder(image, emb))
-    z = torch.randn(feats[-1].shape, generator=generator).to(feats[-1])
-    traj = []
-    for k in net.sampler.timesteps:
-        step = net.sample_map[k].expand(len(z))
-        out = net.sampler.step(net.denoiser(z, step, feats[-1]), int(k), z, eta=0.0, use_clipped_model_output=True)
-        traj.append({"step": int(net.sample_map[k]), "z": z, "z0_hat": out.pred_original_sample,
-                     "label": net.decoder(feats[:-1] + [out.pred_original_sample], emb).argmax(1)})
-        z = out.prev_sample
-    return traj
+    emb, _, feats = _context(net, labels, image, guidance)
+    return [{"step": s, "z": z, "z0_hat": out.pred_original_sample,
+             "label": class_argmax(net.decoder(feats[:-1] + [out.pred_original_sample], emb))}
+            for s, z, out in _ddim_steps(net, feats[-1], generator)]
 
 # %% ../nbs/03_label_diffusion.ipynb #52d9ff79
 def _peak_rss_mb() -> float:
@@ -444,12 +440,11 @@ def benchmark_iteration(img_size: int = 128, batch_size: int = 6, labeled_bs: in
     batch = {"image_weak": x, "image_strong": (x * 1.05).clamp(0, 1), "label": torch.where(L[:, None, None], y, IGNORE_INDEX), "labeled_mask": L}
     seg, ref = UNet().to(dev, memory_format=fmt), RefineNet().to(dev, memory_format=fmt)
     opt_s, opt_r = (torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4) for m in (seg, ref))
-    ctx = lambda: torch.autocast(dev.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp), enabled=amp is not None)
     def supervised():
-        with ctx(): loss = _ce_dice(seg(x)[L], y[L], 4)
+        with amp_context(dev, amp): loss = _ce_dice(seg(x)[L], y[L], 4)
         opt_s.zero_grad(set_to_none=True); loss.backward(); opt_s.step()
     def diffrect():
-        with ctx(): diffrect_iteration(seg, ref, opt_s, opt_r, batch, iteration=2000)
+        with amp_context(dev, amp): diffrect_iteration(seg, ref, opt_s, opt_r, batch, iteration=2000)
     ts = {"supervised": [], "diffrect": []}
     for k in range(warmup + n_iters):          # interleaved, so both see the same machine conditions
         for name, fn in (("supervised", supervised), ("diffrect", diffrect)):

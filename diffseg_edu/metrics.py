@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['METRICS', 'PAPER_EMPTY', 'POLICIES', 'N_CLASSES', 'MetricError', 'dice', 'jaccard', 'surface_distances', 'hd95',
-           'asd', 'binary_metrics', 'multiclass_metrics', 'prepare_for_inference', 'predict_volume', 'Evaluation',
-           'evaluate', 'plot_boxes', 'slice_dice', 'show_best_worst', 'benchmark_inference', 'benchmark_metrics',
-           'eval_cases', 'eval_parser', 'main']
+           'asd', 'binary_metrics', 'multiclass_metrics', 'prepare_for_inference', 'amp_context', 'predict_volume',
+           'Evaluation', 'evaluate', 'plot_boxes', 'slice_dice', 'show_best_worst', 'benchmark_inference',
+           'benchmark_metrics', 'eval_cases', 'eval_parser', 'main']
 
 # %% ../nbs/02_metrics.ipynb #138f2c82
 import argparse, json, sys, time
@@ -125,7 +125,8 @@ def prepare_for_inference(model: nn.Module, device=None, channels_last: bool = T
     if device is not None: net = net.to(device)
     return net.to(memory_format=torch.channels_last) if channels_last else net
 
-def _autocast(device: torch.device, amp: str = None):
+def amp_context(device: torch.device, amp: str = None):
+    "`torch.autocast` on `device` for `amp` = None (off), 'bf16' or 'fp16'; anything else is an error."
     if amp not in (None, "bf16", "fp16"): raise MetricError(f"amp {amp!r}: use None, 'bf16' or 'fp16'")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     return torch.autocast(device.type, dtype=dtype, enabled=amp is not None)
@@ -145,7 +146,7 @@ def predict_volume(model: nn.Module, image, patch_size: tuple = (256, 256), batc
     for chunk in x.split(batch_size):
         inp = zoom_nearest(chunk.to(param.device)[:, None], patch_size)
         if channels_last: inp = inp.contiguous(memory_format=torch.channels_last)
-        with _autocast(param.device, amp): logits = model(inp)
+        with amp_context(param.device, amp): logits = model(inp)
         out.append(zoom_nearest(logits.argmax(1).to(torch.uint8), x.shape[-2:]).cpu())
     pred = torch.cat(out).numpy()
     return pred[0] if squeeze else pred

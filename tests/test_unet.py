@@ -1,4 +1,6 @@
 "The U-Net: parameter counts, features, layouts, official key names, checkpoints and their errors."
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -49,7 +51,7 @@ def test_official_state_dict_loads():
     official = {}
     for k, v in net.state_dict().items():   # rename to the SSL4MIS spelling, as saved by nn.DataParallel
         k = k.replace("encoder.down.", "encoder.down").replace("decoder.up.", "decoder.up")
-        k = __import__("re").sub(r"(down|up)(\d)", lambda m: f"{m.group(1)}{int(m.group(2)) + 1}", k)
+        k = re.sub(r"(down|up)(\d)", lambda m: f"{m.group(1)}{int(m.group(2)) + 1}", k)
         official["module." + k] = v
     assert "module.encoder.down4.maxpool_conv.1.conv_conv.0.weight" in official
     assert set(official_keys(official)) == set(net.state_dict())
