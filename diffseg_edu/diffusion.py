@@ -128,7 +128,7 @@ class TimeUp(nn.Module):
         self.conv = TimeConvBlock(2 * c_skip, c_out, 0.0)
     def forward(self, x, skip, emb): return self.conv(torch.cat([skip, self.up(self.conv1x1(x))], 1), emb)
 
-# %% ../nbs/03_label_diffusion.ipynb #65f6ab94
+# %% ../nbs/03_label_diffusion.ipynb #fb901c39
 class TimeEncoder(nn.Module):
     "Five-level encoder of `TimeConvBlock`s; `added[i]` (if given) is added to level i's output before level i + 1."
     def __init__(self, c_in: int, widths: Sequence, dropout: Sequence):
@@ -150,10 +150,11 @@ class TimeDecoder(nn.Module):
         w = list(widths)[::-1]
         self.up = nn.ModuleList(TimeUp(w[i], w[i + 1], w[i + 1]) for i in range(len(w) - 1))
         self.out_conv = nn.Conv2d(w[-1], n_classes, 3, padding=1)
-    def forward(self, feats: list, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, feats: list, emb: torch.Tensor, return_features: bool = False):
+        "Logits; with `return_features`, `(logits, last feature map)`."
         x = feats[-1]
         for up, skip in zip(self.up, feats[-2::-1]): x = up(x, skip, emb)
-        return self.out_conv(x)
+        return (self.out_conv(x), x) if return_features else self.out_conv(x)
 
 def time_embedding(emb_dim: int = 512, freq_dim: int = 128) -> nn.Module:
     "t → sinusoid (128-d, sine first, DDPM frequencies) → Linear → SiLU → Linear (diffusers `Timesteps` + `TimestepEmbedding`)."
@@ -240,7 +241,7 @@ def _ddim_sample(net, cond: torch.Tensor, generator: torch.Generator = None) -> 
     *_, (_, _, out) = _ddim_steps(net, cond, generator)
     return out.pred_original_sample
 
-# %% ../nbs/03_label_diffusion.ipynb #64703328
+# %% ../nbs/03_label_diffusion.ipynb #18b0b01f
 class RefineNet(nn.Module):
     "DiffRect's label rectifier: time-conditioned label encoder + image embedder + decoder, bottleneck replaced by latent diffusion."
     def __init__(self, cfg: RefineConfig = None, **kwargs):
@@ -258,9 +259,10 @@ class RefineNet(nn.Module):
         self.scheduler = train_scheduler(cfg.T)
         self.sampler, self.sample_map = sample_scheduler(self.scheduler, cfg.sample_steps, cfg.clamp_sample)
     def forward(self, labels: torch.Tensor, image: torch.Tensor, guidance: torch.Tensor, good: torch.Tensor = None,
-                generator: torch.Generator = None):
+                generator: torch.Generator = None, features: bool = False):
         """Training (`good` labels given): `(latent MSE, logits, {'z0', 'z0_hat'})`. Sampling (`good=None`): logits.
-        `labels`, `good`: class maps `(B, H, W)`; `image`: `(B, img_channels, H, W)`; `guidance`: `(B,)` values t = 999·τ."""
+        `labels`, `good`: class maps `(B, H, W)`; `image`: `(B, img_channels, H, W)`; `guidance`: `(B,)` values t = 999·τ.
+        `features=True` adds the decoder's last feature map of x̂₀ (`'dec_hat'`) and, without gradient, of z₀ (`'dec0'`)."""
         emb, img_feats, feats = _context(self, labels, image, guidance)
         if good is None:
             z0_hat = _ddim_sample(self, feats[-1], generator)
@@ -271,7 +273,10 @@ class RefineNet(nn.Module):
         noise = torch.randn(z0.shape, generator=generator).to(z0) if generator is not None else torch.randn_like(z0)
         z0_hat = self.denoiser(self.scheduler.add_noise(z0, noise, step), step, feats[-1])
         lat_loss = F.mse_loss(z0_hat.float(), z0.float())
-        return lat_loss, self.decoder(feats[:-1] + [z0_hat], emb), {"z0": z0, "z0_hat": z0_hat}
+        if not features: return lat_loss, self.decoder(feats[:-1] + [z0_hat], emb), {"z0": z0, "z0_hat": z0_hat}
+        logits, dec_hat = self.decoder(feats[:-1] + [z0_hat], emb, return_features=True)
+        with torch.no_grad(): dec0 = self.decoder(feats[:-1] + [z0], emb, return_features=True)[1]
+        return lat_loss, logits, {"z0": z0, "z0_hat": z0_hat, "dec_hat": dec_hat, "dec0": dec0}
 
 # %% ../nbs/03_label_diffusion.ipynb #cce40ed8
 def latent_pca(z: torch.Tensor, k: int = 3, reference: torch.Tensor = None) -> torch.Tensor:
@@ -323,29 +328,41 @@ def _guidance(mode: str, ref: torch.Tensor, target: torch.Tensor, pl_s: torch.Te
     if mode == "per_sample": return calibration_guidance(pl_s, pl_w, n, per_sample=True)
     raise ValueError(f"guidance={mode!r}: use 'official' or 'per_sample'")
 
-# %% ../nbs/03_label_diffusion.ipynb #4948b79e
+# %% ../nbs/03_label_diffusion.ipynb #656f8449
+def _run_hook(hook, stage: str, info: dict, good: torch.Tensor, keep: torch.Tensor, labeled: torch.Tensor, iteration: int):
+    "Call `hook(stage, latents, labels, labeled, iteration)` with `good` labels, pixels outside `keep` set to `IGNORE_INDEX`."
+    if hook is None: return None
+    labels = good if keep is None else torch.where(keep, good, IGNORE_INDEX)
+    return hook(stage, info, labels, labeled, iteration)
+
 def stage_weak_to_gt(refine: RefineNet, image_w: torch.Tensor, pl_w: torch.Tensor, pl_s: torch.Tensor, label: torch.Tensor,
-                     labeled: torch.Tensor, guidance: str = "official", uncertain: str = "background") -> dict:
-    "(b1): rectify the weak pseudo label towards the ground truth (labelled rows; identity target on unlabelled rows)."
+                     labeled: torch.Tensor, guidance: str = "official", uncertain: str = "background",
+                     hook=None, confident: torch.Tensor = None, iteration: int = 0) -> dict:
+    """(b1): rectify the weak pseudo label towards the ground truth (labelled rows; identity target on unlabelled rows).
+    `hook` (e.g. the prototype term) gets the latents and the target labels, unlabelled pixels outside `confident` ignored."""
     L, n = labeled.bool(), refine.n_classes
     if not L.any() or L.all(): raise ValueError("a DiffRect batch needs labelled and unlabelled rows")
     t = _guidance(guidance, pl_w[L], label[L], pl_s, pl_w, n, len(pl_w))
     good = torch.where(L[:, None, None], label, pl_w)
-    lat_loss, logits, _ = refine(pl_w, image_w, t, good=good)
+    lat_loss, logits, info = refine(pl_w, image_w, t, good=good, features=getattr(hook, "features", False))
     loss = _ce_dice(logits[L], label[L], n) + lat_loss
+    keep = None if confident is None else L[:, None, None] | confident
     return {"loss": loss, "lat_loss": lat_loss, "logits": logits, "guidance": t,
-            "pseudo_label": pseudo_label(logits.detach().softmax(1), uncertain=uncertain)}
+            "pseudo_label": pseudo_label(logits.detach().softmax(1), uncertain=uncertain),
+            "hook": _run_hook(hook, "b1", info, good, keep, L, iteration)}
 
 def stage_strong_to_weak(refine: RefineNet, image_s: torch.Tensor, pl_s: torch.Tensor, pl_w: torch.Tensor, b1: dict,
-                         labeled: torch.Tensor, guidance: str = "official", square_weight: bool = True) -> dict:
-    "(b2): rectify the strong pseudo label towards the weak one (unlabelled rows), plus the complementary term."
+                         labeled: torch.Tensor, guidance: str = "official", square_weight: bool = True,
+                         hook=None, confident: torch.Tensor = None, iteration: int = 0) -> dict:
+    "(b2): rectify the strong pseudo label towards the weak one (unlabelled rows), plus the complementary term; `hook` as in (b1)."
     U, n = ~labeled.bool(), refine.n_classes
     pl_ref = b1["pseudo_label"]
     t = _guidance(guidance, pl_s[U], pl_ref[U], pl_s, pl_w, n, len(pl_s))
-    lat_loss, logits_s, _ = refine(pl_s, image_s, t, good=pl_w)
+    lat_loss, logits_s, info = refine(pl_s, image_s, t, good=pl_w, features=getattr(hook, "features", False))
     comp = complementary_loss(b1["logits"].softmax(1), logits_s.softmax(1), square_weight)
     loss = _ce_dice(logits_s[U], pl_ref[U], n) + comp + lat_loss
-    return {"loss": loss, "lat_loss": lat_loss, "logits": logits_s, "guidance": t, "complementary": comp}
+    return {"loss": loss, "lat_loss": lat_loss, "logits": logits_s, "guidance": t, "complementary": comp,
+            "hook": _run_hook(hook, "b2", info, pl_w, confident, labeled.bool(), iteration)}
 
 @torch.no_grad()
 def rectify(refine: RefineNet, image_w: torch.Tensor, pl_w: torch.Tensor, guidance: torch.Tensor, train_mode: bool = True,
@@ -357,33 +374,39 @@ def rectify(refine: RefineNet, image_w: torch.Tensor, pl_w: torch.Tensor, guidan
     finally: refine.train(was_training)
     return pseudo_label(logits.softmax(1), uncertain=uncertain)
 
-# %% ../nbs/03_label_diffusion.ipynb #bbc34c32
+# %% ../nbs/03_label_diffusion.ipynb #6549b020
 def segmentation_losses(logits_w: torch.Tensor, logits_s: torch.Tensor, label: torch.Tensor, labeled: torch.Tensor, weight: float,
                         uncertain: str = "background", square_weight: bool = True) -> dict:
     "DiffRect step 1: L_sup (weak view, labelled rows) + λ·(CE + Dice of the strong view to the weak PL on unlabelled rows + complementary term)."
     L, U, n = labeled.bool(), ~labeled.bool(), logits_w.shape[1]
     p_w, p_s = logits_w.softmax(1), logits_s.softmax(1)
-    pl_w, pl_s = pseudo_label(p_w.detach(), uncertain=uncertain), pseudo_label(p_s.detach(), uncertain=uncertain)
+    pl_w, pl_s = pseudo_label(p_w.detach(), uncertain="ignore"), pseudo_label(p_s.detach(), uncertain="ignore")
+    confident = pl_w != IGNORE_INDEX            # pixels of the weak view that pass the threshold rule
+    if uncertain == "background": pl_w, pl_s = pl_w.masked_fill(~confident, 0), pl_s.masked_fill(pl_s == IGNORE_INDEX, 0)
     sup = _ce_dice(logits_w[L], label[L], n)
     unsup = _ce_dice(logits_s[U], pl_w[U], n) + complementary_loss(p_w, p_s, square_weight)
-    return {"loss": sup + weight * unsup, "sup": sup, "unsup": unsup, "pl_w": pl_w, "pl_s": pl_s}
+    return {"loss": sup + weight * unsup, "sup": sup, "unsup": unsup, "pl_w": pl_w, "pl_s": pl_s, "confident_w": confident}
 
-# %% ../nbs/03_label_diffusion.ipynb #52685630
+# %% ../nbs/03_label_diffusion.ipynb #370dd48a
 def diffrect_iteration(seg: nn.Module, refine: RefineNet, opt_seg, opt_refine, batch: dict, iteration: int,
                        refine_start: int = 1000, guidance: str = "official", rectify_train_mode: bool = True,
-                       uncertain: str = "background") -> dict:
-    "One official DiffRect iteration on `batch` (`image_weak`, `image_strong`, `label`, `labeled_mask`); returns the loss values."
+                       uncertain: str = "background", hook=None) -> dict:
+    """One official DiffRect iteration on `batch` (`image_weak`, `image_strong`, `label`, `labeled_mask`); returns the loss values.
+    `hook`: an extra rectifier term (the prototype notebook's), added unscaled to L_b1 + λ·L_b2; its parameters belong in `opt_refine`."""
     x_w, x_s, y, L = batch["image_weak"], batch["image_strong"], batch["label"], batch["labeled_mask"].bool()
     lam = consistency_weight(iteration)
     s = segmentation_losses(seg(x_w), seg(x_s), y, L, lam, uncertain)
     opt_seg.zero_grad(set_to_none=True); s["loss"].backward(); opt_seg.step()
     opt_refine.zero_grad(set_to_none=True)        # refine loss L_b1 + λ·L_b2, back-propagated stage by stage:
-    b1 = stage_weak_to_gt(refine, x_w, s["pl_w"], s["pl_s"], y, L, guidance, uncertain)
-    b1["loss"].backward()                         # b2 needs nothing from b1's graph, so free it before b2 is built
-    b2 = stage_strong_to_weak(refine, x_s, s["pl_s"], s["pl_w"], b1, L, guidance)
-    (lam * b2["loss"]).backward(); opt_refine.step()
+    b1 = stage_weak_to_gt(refine, x_w, s["pl_w"], s["pl_s"], y, L, guidance, uncertain, hook, s["confident_w"], iteration)
+    extra = lambda st: st["hook"]["loss"] if st["hook"] is not None else 0.0
+    (b1["loss"] + extra(b1)).backward()           # b2 needs nothing from b1's graph, so free it before b2 is built
+    b2 = stage_strong_to_weak(refine, x_s, s["pl_s"], s["pl_w"], b1, L, guidance, hook=hook, confident=s["confident_w"], iteration=iteration)
+    (lam * b2["loss"] + extra(b2)).backward(); opt_refine.step()
     out = {"seg": s["loss"].item(), "sup": s["sup"].item(), "b1": b1["loss"].item(), "b2": b2["loss"].item(),
            "lat_b1": b1["lat_loss"].item(), "lat_b2": b2["lat_loss"].item(), "weight": lam}
+    for name, st in (("b1", b1), ("b2", b2)):
+        if st["hook"] is not None: out.update({f"{k}_{name}": float(torch.as_tensor(v).detach()) for k, v in st["hook"].items()})
     if iteration > refine_start:
         pl_rect = rectify(refine, x_w, s["pl_w"], b1["guidance"], rectify_train_mode, uncertain)
         rect = _ce_dice(seg(x_w)[~L], pl_rect[~L], refine.n_classes)
