@@ -1,0 +1,139 @@
+"Training engine: every method runs, exact resume after a kill, atomic checkpoints, non-finite losses, bad configs fail fast, the CLI."
+import json, math, os, subprocess, sys, time
+from dataclasses import replace
+
+import pytest
+import torch
+
+import diffseg_edu.train as tr
+import diffseg_edu.unet as unet
+from diffseg_edu.data import DataError
+from diffseg_edu.metrics import main as eval_main
+from diffseg_edu.train import METHODS, ConfigError, check_config, learning_rates, main, make_config, read_checkpoint, train
+
+
+def _cfg(root, **kw):
+    return make_config("smoke", root=str(root), **kw)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_runs_smoke(synthetic_root, tmp_path, method):
+    summary = train(_cfg(synthetic_root, method=method), tmp_path / method, progress=False)
+    assert summary["iteration"] == 6 and 0 <= summary["best"]["dice"] <= 1
+    rows = (tmp_path / method / "log.csv").read_text().splitlines()[1:]
+    assert rows and all(math.isfinite(float(r.split(",")[2])) for r in rows)
+    names = {p.name for p in (tmp_path / method).iterdir()}
+    assert {"config.json", "log.csv", "last.pt", "best.pt", "metrics.json", "curves.png"} <= names
+    ck = read_checkpoint(tmp_path / method / "last.pt")
+    assert ck["iteration"] == 6 and ("refine" in ck) == method.startswith("diffrect") and ("hook" in ck) == (method == "diffrect_proto")
+    if method == "diffrect_proto": assert ck["hook"]["memory.seen"].any()
+    assert json.loads((tmp_path / method / "config.json").read_text())["method"] == method
+
+
+def _cli(root, out, *extra):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return [sys.executable, "-c", "import torch; torch.set_num_threads(1); from diffseg_edu.train import main; raise SystemExit(main())",
+            "--preset", "smoke", "--method", "diffrect", "--root", str(root), "--iters", "12", "--ckpt-every", "2", "--val-every", "4",
+            "--out", str(out), "--quiet", *extra], env
+
+
+def test_resume_after_kill_is_exact(synthetic_root, tmp_path):
+    cmd, env = _cli(synthetic_root, tmp_path / "straight")
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    cmd, env = _cli(synthetic_root, tmp_path / "killed")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last, t0 = tmp_path / "killed" / "last.pt", time.time()
+    while time.time() - t0 < 120:                      # kill once a checkpoint past iteration 4 exists, mid-run
+        if last.exists():
+            try:
+                if read_checkpoint(last)["iteration"] >= 4: break
+            except Exception: pass
+        if proc.poll() is not None: break
+        time.sleep(0.05)
+    proc.kill(); proc.wait()
+    killed_at = read_checkpoint(last)["iteration"]
+    assert 4 <= killed_at < 12, killed_at
+    cmd, env = _cli(synthetic_root, tmp_path / "killed", "--resume")
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    a, b = read_checkpoint(tmp_path / "straight" / "last.pt"), read_checkpoint(last)
+    assert a["iteration"] == b["iteration"] == 12
+    for part in ("state_dict", "refine"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    log = lambda d: [r for r in (tmp_path / d / "log.csv").read_text().splitlines()]
+    assert log("straight") == log("killed")            # the loss curve continues where it stopped
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous(synthetic_root, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(_cfg(synthetic_root, iters=2), out, progress=False)
+    before = read_checkpoint(out / "last.pt")
+    real_save = torch.save
+    def crash(obj, f, *a, **k):
+        f.write(b"partial bytes"); raise OSError("disk full (simulated)")
+    monkeypatch.setattr(unet.torch, "save", crash)
+    with pytest.raises(OSError, match="simulated"):
+        unet.save_checkpoint(out / "last.pt", unet.UNet(), iteration=99)
+    monkeypatch.setattr(unet.torch, "save", real_save)
+    after = read_checkpoint(out / "last.pt")
+    assert after["iteration"] == before["iteration"] == 2
+    assert all(torch.equal(after["state_dict"][k], before["state_dict"][k]) for k in before["state_dict"])
+
+
+def test_non_finite_loss_stops_with_last_good_checkpoint(synthetic_root, tmp_path, monkeypatch):
+    real = tr.train_step
+    def step(cfg, models, batch, it, device):
+        out = real(cfg, models, batch, it, device)
+        return {**out, "loss": float("nan")} if it == 4 else out
+    monkeypatch.setattr(tr, "train_step", step)
+    with pytest.raises(FloatingPointError, match="iteration 4: non-finite loss"):
+        train(_cfg(synthetic_root), tmp_path / "nan", progress=False)
+    assert read_checkpoint(tmp_path / "nan" / "last.pt")["iteration"] == 4
+
+
+def test_bad_configs_fail_before_training(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "bad"
+    cases = [(["--labeled-patients", "50"], "50 labelled groups requested, but the list has"),
+             (["--img-size", "40"], "img_size=40"),
+             (["--labeled-bs", "6", "--method", "fixmatch"], "needs unlabelled rows")]
+    for extra, msg in cases:
+        assert main(["--preset", "smoke", "--root", str(synthetic_root), "--out", str(out), *extra]) == 2
+        assert msg in capsys.readouterr().err
+        assert not (out / "last.pt").exists()
+    with pytest.raises(SystemExit):
+        main(["--preset", "smoke", "--method", "meanteacher", "--out", str(out)])
+    with pytest.raises(ConfigError, match="unknown method"):
+        check_config(make_config("smoke", method="meanteacher"))
+    with pytest.raises(ConfigError, match="needs root"):
+        check_config(make_config("paper"))
+    with pytest.raises(ConfigError, match="amp='fp16'"):
+        check_config(make_config("smoke", amp="fp16"))
+
+
+def test_resume_guards(synthetic_root, tmp_path):
+    with pytest.raises(ConfigError, match="last.pt not found"):
+        train(_cfg(synthetic_root), tmp_path / "none", resume=True, progress=False)
+    train(_cfg(synthetic_root, iters=2), tmp_path / "r", progress=False)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(_cfg(synthetic_root, iters=2), tmp_path / "r", progress=False)
+    with pytest.raises(ConfigError, match="different config"):
+        train(_cfg(synthetic_root, iters=4, lr=0.5), tmp_path / "r", resume=True, progress=False)
+
+
+def test_learning_rates_poly_and_constant_refine():
+    cfg = make_config("paper", root="x")
+    assert learning_rates(cfg, 0) == (0.01, 0.01)
+    assert learning_rates(cfg, 29999)[0] < 1e-4 and learning_rates(cfg, 29999)[1] == 0.01
+    assert learning_rates(replace(cfg, refine_poly=True), 15000)[1] == pytest.approx(0.01 * 0.5 ** 0.9)
+
+
+def test_deterministic_on_cpu(synthetic_root, tmp_path):
+    a = train(_cfg(synthetic_root, iters=3, method="fixmatch"), tmp_path / "a", progress=False)
+    b = train(_cfg(synthetic_root, iters=3, method="fixmatch"), tmp_path / "b", progress=False)
+    assert (tmp_path / "a" / "log.csv").read_text() == (tmp_path / "b" / "log.csv").read_text()
+
+
+def test_eval_reads_best_checkpoint(synthetic_root, tmp_path):
+    train(_cfg(synthetic_root, method="supervised"), tmp_path / "run", progress=False)
+    assert eval_main(["--ckpt", str(tmp_path / "run" / "best.pt"), "--dataset", "synthetic", "--root", str(synthetic_root),
+                      "--split", "val", "--out", str(tmp_path / "ev.json")]) == 0
+    assert json.loads((tmp_path / "ev.json").read_text())["mean"]["dice"] >= 0
