@@ -8,9 +8,9 @@ __all__ = ['PrototypeError', 'soft_masks', 'masked_average', 'PrototypeMemory', 
            'NoiseStudyConfig', 'study_data', 'study_run', 'summarise_study', 'noise_study', 'study_table', 'plot_study',
            'write_study', 'bench_parser', 'bench_main']
 
-# %% ../nbs/04_prototypes.ipynb #0f2bb6a7
-import argparse, json, math, os, sys, time
-from dataclasses import dataclass, asdict, field
+# %% ../nbs/04_prototypes.ipynb #8d7d4a36
+import argparse, json, os, sys, time
+from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .data import IGNORE_INDEX, DataError, H5Slices, H5Volumes, default_synthetic_root, machine_description, zoom_nearest
-from .diffusion import (RefineNet, calibration_guidance, consistency_weight, denoising_trajectory, diffrect_iteration,
-                                   rectify, stage_weak_to_gt)
+from .diffusion import RefineNet, calibration_guidance, consistency_weight, rectify, stage_weak_to_gt
+from .metrics import dice
 
 # %% ../nbs/04_prototypes.ipynb #cff7bc38
 class PrototypeError(ValueError):
@@ -152,7 +152,7 @@ class PrototypeContrast(nn.Module):
             cons = prototype_consistency(p_hat, anchors, (mass > 0) & valid)
         return {"loss": beta * (nce + cons), "nce": nce.detach(), "cons": cons.detach(), "beta": beta}
 
-# %% ../nbs/04_prototypes.ipynb #4a6032e3
+# %% ../nbs/04_prototypes.ipynb #6a0e6d09
 def noisy_labels(labels: torch.Tensor, level: float, n_classes: int, generator: torch.Generator) -> torch.Tensor:
     """Pseudo-label-like noise of strength `level` ∈ [0, 1] on class maps `(B, H, W)`; `level=0` returns a copy.
     Per image: each foreground class is eroded or dilated (probability min(1, 1.5·level), radius ≈ level·H/16 pixels),
@@ -180,8 +180,7 @@ def noisy_labels(labels: torch.Tensor, level: float, n_classes: int, generator: 
 
 def label_dice(pred: torch.Tensor, ref: torch.Tensor, n_classes: int) -> float:
     "Foreground Dice of class maps pooled over all images, averaged over the classes present in `pred` or `ref`."
-    d = [2 * ((pred == c) & (ref == c)).sum().item() / ((pred == c).sum() + (ref == c).sum()).item()
-         for c in range(1, n_classes) if bool(((pred == c) | (ref == c)).any())]
+    d = [dice((pred == c).cpu().numpy(), (ref == c).cpu().numpy()) for c in range(1, n_classes) if bool(((pred == c) | (ref == c)).any())]
     return float(np.mean(d)) if d else 1.0
 
 # %% ../nbs/04_prototypes.ipynb #4f3c329c
@@ -310,7 +309,7 @@ def noise_study(cfg: NoiseStudyConfig, progress: bool = True) -> dict:
             "n_eval_slices": len(data["eval_images"]), "machine": machine_description(), "torch": torch.__version__,
             "wall_s": time.perf_counter() - t0, "runs": runs, "summary": summarise_study(runs)}
 
-# %% ../nbs/04_prototypes.ipynb #9ab9ccfd
+# %% ../nbs/04_prototypes.ipynb #21ae5446
 def study_table(result: dict) -> str:
     "Markdown table of a `noise_study` result: per noise level, Dice of the corrupted labels and of each method's rectified labels (mean ± std)."
     by = {(r["level"], r["method"]): r for r in result["summary"]}
@@ -339,7 +338,7 @@ def plot_study(result: dict, ax=None):
 
 def write_study(result: dict, out) -> Path:
     "Write `noise.json`, `noise.md` and `noise.png` of a study result into the folder `out`."
-    import matplotlib; import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     (out / "noise.json").write_text(json.dumps(result, indent=1))
     (out / "noise.md").write_text(study_table(result) + "\n")

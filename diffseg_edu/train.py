@@ -7,9 +7,9 @@ __all__ = ['METHODS', 'PRESETS', 'ConfigError', 'TrainConfig', 'make_config', 'c
            'TrainData', 'build_models', 'learning_rates', 'train_step', 'training_state', 'restore_state', 'RunLog',
            'validate', 'train', 'final_metrics', 'plot_curves', 'train_parser', 'main']
 
-# %% ../nbs/05_training.ipynb #649d5dc8
-import argparse, csv, json, math, os, sys, time
-from dataclasses import dataclass, asdict, field, fields, replace
+# %% ../nbs/05_training.ipynb #8cc4bc7f
+import argparse, csv, json, math, sys, time
+from dataclasses import dataclass, asdict, field, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -17,10 +17,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .data import (IGNORE_INDEX, DataError, H5Slices, H5Volumes, SemiSupervisedSlices, TwoStreamBatchSampler, WeakStrongAugment,
+from .data import (DataError, H5Slices, H5Volumes, SemiSupervisedSlices, TwoStreamBatchSampler, WeakStrongAugment,
                               default_synthetic_root, machine_description, split_by_group)
 from .unet import UNet, load_model, read_checkpoint, save_checkpoint, supervised_loss
-from .metrics import N_CLASSES, amp_context, evaluate, predict_volume
+from .metrics import N_CLASSES, amp_context, evaluate
 from .diffusion import RefineNet, consistency_weight, diffrect_iteration, segmentation_losses
 from .prototypes import PrototypeContrast, PrototypeConfig
 
@@ -214,7 +214,7 @@ class RunLog:
         pts = [(int(r["iteration"]), float(r["value"])) for r in self.rows if r["key"] == key]
         return tuple(np.array(v) for v in zip(*pts)) if pts else (np.array([]), np.array([]))
 
-# %% ../nbs/05_training.ipynb #660f2813
+# %% ../nbs/05_training.ipynb #346777fc
 def validate(seg: nn.Module, cases: list, cfg: TrainConfig, device: torch.device, metrics: Sequence = ("dice",)):
     "Evaluate `seg` on `cases` at the training size; the network is back in train mode afterwards."
     ev = evaluate(seg, cases, seg.n_classes, patch_size=(cfg.img_size, cfg.img_size), metrics=metrics, device=device)
@@ -256,7 +256,9 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True, st
             for g in models["opt_refine"].param_groups: g["lr"] = lr_ref
         losses = train_step(cfg, models, data.batch(it, device), it, device)
         bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
-        if bad: raise FloatingPointError(f"iteration {it}: non-finite loss {bad}; the run stops here, {out / 'last.pt'} holds the last good state")
+        if bad:
+            kept = f"{out / 'last.pt'} holds the last good state" if (out / "last.pt").exists() else "no checkpoint had been written yet"
+            raise FloatingPointError(f"iteration {it}: non-finite loss {bad}; the run stops here, {kept}")
         it += 1
         values = {**losses, "lr": lr_seg}
         if it % cfg.val_every == 0 or it == cfg.iters:
