@@ -890,10 +890,19 @@ def _run(a) -> int:
         if a.out: Path(a.out).write_text(json.dumps({"results": results, "machine": machine_description()}, indent=1))
     return 0
 
-# %% ../nbs/00_data.ipynb #5da230fb
+# %% ../nbs/00_data.ipynb #1ea77f3d
+def _cpu_name() -> str:
+    "The CPU model (Linux: /proc/cpuinfo), else what `platform` knows."
+    import platform
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"): return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    except OSError: pass
+    return platform.processor() or platform.machine()
+
 def machine_description() -> dict:
     "Python, torch, CPU and GPU of this machine, for result files."
     import platform
-    return {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+    return {"python": platform.python_version(), "torch": torch.__version__, "cpu": _cpu_name(),
             "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "date": time.strftime("%Y-%m-%d")}

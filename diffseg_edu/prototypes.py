@@ -6,7 +6,7 @@
 __all__ = ['PrototypeError', 'soft_masks', 'masked_average', 'PrototypeMemory', 'prototype_nce', 'prototype_consistency',
            'ProjectionHead', 'PrototypeConfig', 'PrototypeContrast', 'noisy_labels', 'label_dice', 'train_rectifier',
            'NoiseStudyConfig', 'study_data', 'study_run', 'summarise_study', 'noise_study', 'study_table', 'plot_study',
-           'write_study', 'bench_parser', 'bench_main']
+           'write_study', 'add_noise_command', 'noise_command']
 
 # %% ../nbs/04_prototypes.ipynb #8d7d4a36
 import argparse, json, os, sys, time
@@ -345,10 +345,9 @@ def write_study(result: dict, out) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.2)); plot_study(result, ax); fig.tight_layout(); fig.savefig(out / "noise.png", dpi=100); plt.close(fig)
     return out
 
-# %% ../nbs/04_prototypes.ipynb #8f39231f
-def bench_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="diffseg-bench", description="diffseg_edu benchmarks.")
-    sub = p.add_subparsers(dest="command", required=True)
+# %% ../nbs/04_prototypes.ipynb #0739e3ab
+def add_noise_command(sub) -> argparse.ArgumentParser:
+    "Add the `noise` subcommand to the subparsers `sub` of `diffseg-bench` (notebook 06)."
     n = sub.add_parser("noise", help="robustness of the rectifier to pseudo-label noise, with and without the prototype term")
     d = NoiseStudyConfig()
     n.add_argument("--dataset", default=d.dataset, choices=["synthetic", "acdc"])
@@ -358,11 +357,10 @@ def bench_parser() -> argparse.ArgumentParser:
     for name in ("steps", "img_size", "batch_size", "n_eval", "workers"):
         n.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     n.add_argument("--lr", type=float, default=d.lr); n.add_argument("--beta", type=float, default=d.beta)
-    return p
+    return n
 
-def bench_main(argv: Sequence = None) -> int:
-    "`diffseg-bench`: run a benchmark and write its result files."
-    a = bench_parser().parse_args(argv)
+def noise_command(a: argparse.Namespace) -> int:
+    "`diffseg-bench noise`: run the study from parsed arguments and write its result files; 2 on bad input."
     try:
         if a.dataset == "acdc" and not a.root: raise DataError("--dataset acdc needs --root (the ACDC folder)")
         cfg = NoiseStudyConfig(dataset=a.dataset, root=a.root, levels=tuple(a.levels), seeds=tuple(a.seeds), steps=a.steps, img_size=a.img_size,

@@ -4,8 +4,9 @@
 
 # %% auto #0
 __all__ = ['METHODS', 'PRESETS', 'ConfigError', 'TrainConfig', 'make_config', 'check_config', 'pick_device', 'data_root',
-           'TrainData', 'build_models', 'learning_rates', 'train_step', 'training_state', 'restore_state', 'RunLog',
-           'validate', 'train', 'final_metrics', 'plot_curves', 'train_parser', 'main']
+           'TrainData', 'build_models', 'learning_rates', 'train_step', 'rng_state', 'training_state', 'restore_state',
+           'Distributed', 'SyncedOptimizer', 'RunLog', 'validate', 'train', 'final_metrics', 'plot_curves',
+           'train_parser', 'main']
 
 # %% ../nbs/05_training.ipynb #8cc4bc7f
 import argparse, csv, json, math, sys, time
@@ -64,13 +65,14 @@ class TrainConfig:
     tensorboard: bool = False
     preset: str = None
 
-# %% ../nbs/05_training.ipynb #1b6bae6d
+# %% ../nbs/05_training.ipynb #4d1c13c2
 PRESETS = {
     "smoke": dict(dataset="synthetic", labeled_patients=2, img_size=32, iters=6, val_every=3, ckpt_every=2, refine_start=2, n_val=1,
                   optimizer="adam", lr=1e-3, refine_lr=1e-3, seed=0),
     "demo": dict(method="diffrect", dataset="synthetic", labeled_patients=4, img_size=64, iters=150, val_every=50, ckpt_every=50,
                  refine_start=100, optimizer="adam", lr=2e-3, refine_lr=1e-3, seed=0),
-    "cpu": dict(dataset="acdc", labeled_patients=3, img_size=128, iters=300, val_every=100, ckpt_every=50, refine_start=100),
+    "cpu": dict(dataset="acdc", labeled_patients=3, img_size=128, iters=300, val_every=100, ckpt_every=50, refine_start=100,
+                optimizer="adam", lr=2e-3, refine_lr=1e-3),
     "paper": dict(dataset="acdc", labeled_patients=3, img_size=256, iters=30000, val_every=200, ckpt_every=200, refine_start=1000),
 }
 
@@ -133,7 +135,7 @@ class TrainData:
     def val_cases(self) -> list:
         return [self.val.read(i) for i in self.val_idx]
 
-# %% ../nbs/05_training.ipynb #bcd3a45c
+# %% ../nbs/05_training.ipynb #7ad7e4d8
 def build_models(cfg: TrainConfig, n_classes: int, device: torch.device) -> dict:
     "`{'seg', 'refine', 'hook', 'opt_seg', 'opt_refine'}` for the method (absent parts are None), on `device`."
     torch.manual_seed(cfg.seed)
@@ -144,8 +146,10 @@ def build_models(cfg: TrainConfig, n_classes: int, device: torch.device) -> dict
         refine = RefineNet(n_classes=n_classes).to(device, memory_format=fmt)
         if cfg.method == "diffrect_proto": hook = PrototypeContrast(n_classes, PrototypeConfig(**cfg.proto), seed=cfg.seed).to(device)
     def opt(params, lr):
-        if cfg.optimizer == "adam": return torch.optim.Adam(params, lr=lr)
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        kind, kw = (torch.optim.Adam, {}) if cfg.optimizer == "adam" else (torch.optim.SGD, dict(momentum=cfg.momentum, weight_decay=cfg.weight_decay))
+        params = list(params)
+        try: return kind(params, lr=lr, fused=True, **kw)       # one kernel per step where PyTorch has it (CPU: torch ≥ 2.4); same algorithm
+        except (RuntimeError, TypeError): return kind(params, lr=lr, **kw)
     opt_seg = opt(seg.parameters(), cfg.lr)
     if refine is not None: opt_refine = opt([*refine.parameters(), *(hook.parameters() if hook is not None else [])], cfg.refine_lr)
     return {"seg": seg, "refine": refine, "hook": hook, "opt_seg": opt_seg, "opt_refine": opt_refine}
@@ -174,24 +178,85 @@ def train_step(cfg: TrainConfig, models: dict, batch: dict, iteration: int, devi
                                  cfg.guidance, cfg.rectify_train_mode, cfg.uncertain, hook=models["hook"])
         return {"loss": out.pop("seg"), **out}
 
-# %% ../nbs/05_training.ipynb #d53e1fb3
-def training_state(models: dict, iteration: int, best: dict) -> dict:
-    "The extra entries of `last.pt` beside the segmentation weights."
-    state = {"iteration": iteration, "best": best, "opt_seg": models["opt_seg"].state_dict(), "rng_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available(): state["rng_cuda"] = torch.cuda.get_rng_state_all()
+# %% ../nbs/05_training.ipynb #41bc7fa4
+def rng_state() -> dict:
+    "The random state of this process: the CPU generator, and the CUDA ones where present."
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available(): state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+def training_state(models: dict, iteration: int, best: dict, rng: list = None) -> dict:
+    "The extra entries of `last.pt` beside the segmentation weights; `rng` lists the random states of all processes (default: this one)."
+    state = {"iteration": iteration, "best": best, "opt_seg": models["opt_seg"].state_dict(), "rng": rng or [rng_state()]}
     for k in ("refine", "hook", "opt_refine"):
         if models[k] is not None: state[k] = models[k].state_dict()
     return state
 
-def restore_state(models: dict, ckpt: dict) -> tuple:
-    "Load a `last.pt` dict into `models` and the random generators; returns `(iteration, best)`."
+def restore_state(models: dict, ckpt: dict, rank: int = 0) -> tuple:
+    "Load a `last.pt` dict into `models` and the random generators of process `rank`; returns `(iteration, best)`."
     models["seg"].load_state_dict(ckpt["state_dict"])
     models["opt_seg"].load_state_dict(ckpt["opt_seg"])
     for k in ("refine", "hook", "opt_refine"):
         if models[k] is not None: models[k].load_state_dict(ckpt[k])
-    torch.set_rng_state(ckpt["rng_cpu"])
-    if "rng_cuda" in ckpt and torch.cuda.is_available(): torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
+    rng = ckpt["rng"][rank]
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available(): torch.cuda.set_rng_state_all(rng["cuda"])
     return ckpt["iteration"], ckpt["best"]
+
+# %% ../nbs/05_training.ipynb #24e094ed
+class Distributed:
+    "Rank, world size and device of this process under `accelerate launch`/`torchrun` (via Accelerate); a no-op for one process."
+    def __init__(self, device: str = "auto"):
+        import os
+        self.rank, self.world = 0, int(os.environ.get("WORLD_SIZE", "1"))
+        if self.world == 1: self.device = pick_device(device); return
+        from accelerate import PartialState
+        cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+        state = PartialState(cpu=cpu)
+        self.rank, self.world, self.device = state.process_index, state.num_processes, state.device
+    @property
+    def main(self) -> bool: return self.rank == 0
+    def mean(self, values: dict) -> dict:
+        "The mean of each float in `values` over the processes."
+        if self.world == 1: return values
+        v = torch.tensor(list(values.values()), dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(v)
+        return dict(zip(values, (v / self.world).tolist()))
+    def sync_grads(self, params: Sequence):
+        "Average the gradients of `params` over the processes (a missing gradient counts as zero; None where no process has one)."
+        if self.world == 1: return
+        params = list(params)
+        has = torch.tensor([float(p.grad is not None) for p in params], device=self.device)
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params])
+        torch.distributed.all_reduce(has); torch.distributed.all_reduce(flat)
+        flat /= self.world
+        for p, h, g in zip(params, has.tolist(), flat.split([p.numel() for p in params])):
+            if h == 0: continue
+            if p.grad is None: p.grad = torch.empty_like(p)
+            p.grad.copy_(g.view(p.shape))
+    def gather(self, obj) -> list:
+        "`obj` of every process, in rank order."
+        if self.world == 1: return [obj]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+    def check_same(self, module: nn.Module):
+        "Raise if the parameters of `module` differ between the processes."
+        if self.world == 1: return
+        sums = self.gather(float(sum(p.detach().double().sum() for p in module.parameters())))
+        if len(set(sums)) > 1: raise RuntimeError(f"the processes' weights diverged (parameter sums {sums})")
+    def barrier(self):
+        if self.world > 1: torch.distributed.barrier()
+    def close(self):
+        if self.world > 1 and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
+
+class SyncedOptimizer:
+    "An optimiser whose `step()` first averages the gradients over the processes; everything else is the wrapped optimiser's."
+    def __init__(self, opt: torch.optim.Optimizer, dist: Distributed): self.opt, self.dist = opt, dist
+    def step(self):
+        self.dist.sync_grads(p for g in self.opt.param_groups for p in g["params"])
+        return self.opt.step()
+    def __getattr__(self, name): return getattr(self.opt, name)
 
 # %% ../nbs/05_training.ipynb #7ac45c4e
 class RunLog:
@@ -214,7 +279,7 @@ class RunLog:
         pts = [(int(r["iteration"]), float(r["value"])) for r in self.rows if r["key"] == key]
         return tuple(np.array(v) for v in zip(*pts)) if pts else (np.array([]), np.array([]))
 
-# %% ../nbs/05_training.ipynb #346777fc
+# %% ../nbs/05_training.ipynb #098b7804
 def validate(seg: nn.Module, cases: list, cfg: TrainConfig, device: torch.device, metrics: Sequence = ("dice",)):
     "Evaluate `seg` on `cases` at the training size; the network is back in train mode afterwards."
     ev = evaluate(seg, cases, seg.n_classes, patch_size=(cfg.img_size, cfg.img_size), metrics=metrics, device=device)
@@ -228,55 +293,71 @@ def _progress(total: int, initial: int, enabled: bool):
 
 def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True, stop_after: int = None) -> dict:
     """Run `cfg` into the folder `out` (`config.json`, `log.csv`, `last.pt`, `best.pt`, `metrics.json`, `curves.png`).
-    `resume=True` continues from `out/last.pt`; `stop_after` ends early after that many iterations of this call (for demonstrations)."""
+    `resume=True` continues from `out/last.pt`; `stop_after` ends early after that many iterations of this call (for demonstrations).
+    Under `accelerate launch`/`torchrun` every process calls this; process 0 writes the run folder."""
     check_config(cfg)
-    out, device = Path(out), pick_device(cfg.device)
+    out, dist = Path(out), Distributed(cfg.device)
+    device = dist.device
     out.mkdir(parents=True, exist_ok=True)
     if resume and not (out / "last.pt").exists(): raise ConfigError(f"--resume: {out / 'last.pt'} not found")
     if not resume and (out / "last.pt").exists(): raise ConfigError(f"{out} already holds a run (last.pt); use resume or another folder")
     data = TrainData(cfg)
     models = build_models(cfg, N_CLASSES[cfg.dataset], device)
+    if dist.world > 1:
+        torch.manual_seed(cfg.seed + dist.rank)          # the same weights everywhere, a different dropout stream per process
+        for k in ("opt_seg", "opt_refine"):
+            if models[k] is not None: models[k] = SyncedOptimizer(models[k], dist)
     start, best = 0, {"dice": -1.0, "iteration": None}
     if resume:
         saved = read_checkpoint(out / "last.pt")
         if saved["config"] != asdict(cfg): raise ConfigError(f"{out / 'last.pt'} was written by a different config; resume needs the same one")
-        start, best = restore_state(models, saved)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    log, val_cases = RunLog(out / "log.csv", keep_until=start if resume else None), data.val_cases()
-    writer = _tensorboard(out) if cfg.tensorboard else None
-    bar, t0, it, last_val = _progress(cfg.iters, start, progress), time.perf_counter(), start, float("nan")
+        if len(saved["rng"]) != dist.world:
+            raise ConfigError(f"{out / 'last.pt'} was written by {len(saved['rng'])} process(es); resume it with the same number, not {dist.world}")
+        start, best = restore_state(models, saved, dist.rank)
+    log = bar = writer = None
+    if dist.main:
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        log, val_cases = RunLog(out / "log.csv", keep_until=start if resume else None), data.val_cases()
+        writer = _tensorboard(out) if cfg.tensorboard else None
+        bar = _progress(cfg.iters, start, progress)
+    t0, it, last_val = time.perf_counter(), start, float("nan")
     models["seg"].train()
     if models["refine"] is not None: models["refine"].train()
-    def save_last(i):
-        save_checkpoint(out / "last.pt", models["seg"], img_size=cfg.img_size, config=asdict(cfg), **training_state(models, i, best))
     while it < cfg.iters and (stop_after is None or it - start < stop_after):
         lr_seg, lr_ref = learning_rates(cfg, it)
         for g in models["opt_seg"].param_groups: g["lr"] = lr_seg
         if models["opt_refine"] is not None:
             for g in models["opt_refine"].param_groups: g["lr"] = lr_ref
-        losses = train_step(cfg, models, data.batch(it, device), it, device)
+        losses = dist.mean(train_step(cfg, models, data.batch(it * dist.world + dist.rank, device), it, device))
         bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
         if bad:
             kept = f"{out / 'last.pt'} holds the last good state" if (out / "last.pt").exists() else "no checkpoint had been written yet"
             raise FloatingPointError(f"iteration {it}: non-finite loss {bad}; the run stops here, {kept}")
         it += 1
         values = {**losses, "lr": lr_seg}
-        if it % cfg.val_every == 0 or it == cfg.iters:
+        if dist.main and (it % cfg.val_every == 0 or it == cfg.iters):
             values["val_dice"] = last_val = validate(models["seg"], val_cases, cfg, device).mean()["dice"]
             if values["val_dice"] > best["dice"]:
                 best = {"dice": float(values["val_dice"]), "iteration": it}
                 save_checkpoint(out / "best.pt", models["seg"], img_size=cfg.img_size, iteration=it, val_dice=best["dice"], config=asdict(cfg))
-        log.add(it, values)
-        if writer is not None:
-            for k, v in values.items(): writer.add_scalar(k, v, it)
-        if it % cfg.ckpt_every == 0 or it == cfg.iters: save_last(it)
+        if dist.main:
+            log.add(it, values)
+            if writer is not None:
+                for k, v in values.items(): writer.add_scalar(k, v, it)
+        if it % cfg.ckpt_every == 0 or it == cfg.iters:
+            rng = dist.gather(rng_state())
+            dist.check_same(models["seg"])
+            if dist.main:
+                save_checkpoint(out / "last.pt", models["seg"], img_size=cfg.img_size, config=asdict(cfg), **training_state(models, it, best, rng))
         if bar is not None:
             bar.update(1); bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lr_seg:.2e}", val=f"{last_val:.3f}", best=f"{best['dice']:.3f}")
     if bar is not None: bar.close()
-    summary = {"iteration": it, "best": best, "seconds": time.perf_counter() - t0, "device": str(device)}
-    if it == cfg.iters:
+    dist.barrier()
+    summary = {"iteration": it, "best": best, "seconds": time.perf_counter() - t0, "device": str(device), "rank": dist.rank, "world": dist.world}
+    if dist.main and it == cfg.iters:
         summary["metrics"] = final_metrics(cfg, out, device)
         plot_curves(log, out / "curves.png")
+    dist.close()
     return summary
 
 # %% ../nbs/05_training.ipynb #26a958c9
@@ -307,7 +388,7 @@ def _tensorboard(out: Path):
     except ImportError: raise ConfigError("tensorboard=True needs the tensorboard package (pip install tensorboard)") from None
     return SummaryWriter(out / "tb")
 
-# %% ../nbs/05_training.ipynb #119aff25
+# %% ../nbs/05_training.ipynb #f74f5440
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="diffseg-train", description="Train a semi-supervised segmentation method (diffseg_edu).")
     p.add_argument("--preset", choices=sorted(PRESETS), help="smoke | demo | cpu | paper (default: the paper protocol's settings)")
@@ -333,9 +414,14 @@ def main(argv: Sequence = None) -> int:
         print(f"diffseg-train: error: {e}", file=sys.stderr); return 2
     except FloatingPointError as e:
         print(f"diffseg-train: stopped: {e}", file=sys.stderr); return 3
+    if summary["rank"] != 0: return 0
+    procs = f" × {summary['world']} processes" if summary["world"] > 1 else ""
     print(f"{cfg.method} on {cfg.dataset}: best validation Dice {summary['best']['dice']:.4f} at iteration {summary['best']['iteration']} "
-          f"({summary['seconds']:.0f} s on {summary['device']}); run folder {a.out}")
+          f"({summary['seconds']:.0f} s on {summary['device']}{procs}); run folder {a.out}")
     if "metrics" in summary:
         for split in ("val", "test"):
             if split in summary["metrics"]: print(f"  {split}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"][split]["mean"].items()))
     return 0
+
+if __name__ == "__main__" and "__file__" in globals():   # `python -m diffseg_edu.train` (for torchrun); a notebook has no __file__
+    raise SystemExit(main())

@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from diffseg_edu.data import IGNORE_INDEX
 from diffseg_edu.diffusion import RefineNet, diffrect_iteration, stage_strong_to_weak, stage_weak_to_gt
 from diffseg_edu.prototypes import (NoiseStudyConfig, PrototypeConfig, PrototypeContrast, PrototypeError, PrototypeMemory,
-                                    bench_main, label_dice, masked_average, noise_study, noisy_labels, prototype_consistency,
+                                    label_dice, masked_average, noise_study, noisy_labels, prototype_consistency,
                                     prototype_nce, soft_masks, summarise_study)
 from diffseg_edu.unet import UNet
+from diffseg_edu.bench import main as bench_main
 
 
 def test_soft_masks_fractions_and_ignore():

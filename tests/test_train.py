@@ -137,3 +137,49 @@ def test_eval_reads_best_checkpoint(synthetic_root, tmp_path):
     assert eval_main(["--ckpt", str(tmp_path / "run" / "best.pt"), "--dataset", "synthetic", "--root", str(synthetic_root),
                       "--split", "val", "--out", str(tmp_path / "ev.json")]) == 0
     assert json.loads((tmp_path / "ev.json").read_text())["mean"]["dice"] >= 0
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+
+def _sync_worker(rank, port, out):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist = tr.Distributed("cpu")
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+    a.grad = torch.full((3,), float(rank + 1))                 # 1 on rank 0, 2 on rank 1
+    if rank == 1: b.grad = torch.full((2,), 4.0)               # rank 0 did not use b
+    dist.sync_grads([a, b])
+    means = dist.mean({"loss": float(rank)})
+    torch.save({"rank": dist.rank, "world": dist.world, "a": a.grad, "b": b.grad, "loss": means["loss"]}, out / f"r{rank}.pt")
+    dist.close()
+
+
+def test_gradients_are_averaged_over_processes(tmp_path):
+    import torch.multiprocessing as mp
+    mp.spawn(_sync_worker, args=(_free_port(), tmp_path), nprocs=2, join=True)
+    for r in (0, 1):
+        got = torch.load(tmp_path / f"r{r}.pt")
+        assert (got["rank"], got["world"]) == (r, 2)
+        assert torch.equal(got["a"], torch.full((3,), 1.5))       # (1 + 2) / 2
+        assert torch.equal(got["b"], torch.full((2,), 2.0))       # a missing gradient counts as zero, as in DDP
+        assert got["loss"] == 0.5
+
+
+def test_two_processes_train_in_sync_and_resume_needs_the_same_count(synthetic_root, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "diffseg_edu.train", "--preset", "smoke", "--method", "diffrect_proto", "--root", str(synthetic_root), "--iters", "6",
+           "--out", str(out), "--quiet"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "× 2 processes" in res.stdout and res.stdout.count("best validation Dice") == 1     # only process 0 reports
+    ckpt = read_checkpoint(out / "last.pt")
+    assert ckpt["iteration"] == 6 and len(ckpt["rng"]) == 2 and (out / "metrics.json").exists()
+    assert not torch.equal(ckpt["rng"][0]["cpu"], ckpt["rng"][1]["cpu"])            # each process has its own dropout stream
+    with pytest.raises(ConfigError, match="2 process"):
+        train(make_config("smoke", root=str(synthetic_root), method="diffrect_proto", iters=6), out, resume=True, progress=False)

@@ -1,0 +1,99 @@
+"Benchmarks: the speed rows and their ratio, isolation, the ACDC driver (train, resume, reuse, summary), label efficiency, the CLI."
+import json
+
+import pytest
+
+from diffseg_edu.bench import (PUBLISHED, SPEED_ROWS, acdc_table, label_efficiency, main, run_name, speed_benchmark, speed_table,
+                               summarise_runs, train_or_reuse, write_speed)
+from diffseg_edu.train import ConfigError, make_config, read_checkpoint, train
+
+
+def test_speed_rows_ratio_and_files(tmp_path):
+    res = speed_benchmark(methods=("supervised", "diffrect"), img_size=32, n_iters=2, warmup=1, isolate=False, progress=False)
+    rows = {r["method"]: r for r in res["rows"]}
+    assert list(rows) == ["floor", "supervised", "diffrect"]
+    assert rows["floor"]["ratio"] == 1.0
+    for r in rows.values():
+        assert r["min_s"] <= r["median_s"] <= r["max_s"] and r["ratio"] == pytest.approx(r["median_s"] / rows["floor"]["median_s"])
+    assert rows["supervised"]["images_per_s"] == pytest.approx(3 / rows["supervised"]["median_s"])    # labelled rows only
+    assert rows["diffrect"]["images_per_s"] == pytest.approx(6 / rows["diffrect"]["median_s"])
+    path = write_speed({**res, "command": "test"}, tmp_path)
+    assert path.name == "speed_cpu_32.json" and json.loads(path.read_text())["rows"][2]["method"] == "diffrect"
+    assert len(speed_table(res).splitlines()) == 2 + 3
+
+
+def test_speed_isolated_processes_report_their_own_peak(tmp_path):
+    res = speed_benchmark(methods=("supervised",), img_size=32, n_iters=1, warmup=0, isolate=True, progress=False)
+    assert [r["method"] for r in res["rows"]] == ["floor", "supervised"]
+    assert all(r["peak_mb"] > 50 and r["memory"] == "process peak RSS" for r in res["rows"])
+
+
+def test_speed_fails_before_any_work():
+    with pytest.raises(ConfigError, match="img_size=40"):
+        speed_benchmark(img_size=40, isolate=True, progress=False)
+
+
+def test_summarise_runs_mean_and_sample_std():
+    rec = lambda m, s, d: {"method": m, "seed": s, "wall_s": 60.0, "splits": {"val": {"dice": d, "jaccard": d / 2, "hd95": None, "asd": 1.0}}}
+    summary = summarise_runs([rec("a", 0, 0.5), rec("a", 1, 0.7), rec("b", 0, 0.9)])
+    a, b = summary
+    assert a["n"] == 2 and a["metrics"]["dice"] == pytest.approx([0.6, 0.1414213], abs=1e-6)     # sample std of (0.5, 0.7)
+    assert a["metrics"]["hd95"] == [None, None]
+    assert b["metrics"]["dice"] == [0.9, None]                                                    # one seed: no spread
+    table = acdc_table({"settings": {"labeled_patients": 3, "iters": 10, "img_size": 32}, "summary": summary})
+    assert "0.6000 ± 0.1414" in table and "| – |" in table and "| 0.9000 |" in table
+
+
+def test_label_efficiency_groups_finished_runs(tmp_path):
+    def fake(name, method, n, dice, finished=True):
+        d = tmp_path / name; d.mkdir()
+        (d / "config.json").write_text(json.dumps({"method": method, "preset": "cpu", "img_size": 128, "iters": 300, "labeled_patients": n}))
+        if finished: (d / "metrics.json").write_text(json.dumps({"val": {"mean": {"dice": dice}}}))
+    fake("a1", "diffrect", 1, 0.5); fake("a2", "diffrect", 1, 0.7); fake("b", "diffrect", 3, 0.8); fake("c", "supervised", 3, 0.6)
+    fake("d", "supervised", 7, 0.0, finished=False)
+    pts = {(p["method"], p["labeled_patients"]): p for p in label_efficiency(tmp_path)}
+    assert set(pts) == {("diffrect", 1), ("diffrect", 3), ("supervised", 3)}
+    assert pts[("diffrect", 1)]["n"] == 2 and pts[("diffrect", 1)]["val_dice"] == pytest.approx(0.6)
+
+
+def test_train_or_reuse_resumes_then_reuses(synthetic_root, tmp_path):
+    cfg = make_config("smoke", root=str(synthetic_root), method="fixmatch")
+    folder = tmp_path / run_name("fixmatch", 2, 0)
+    train(cfg, folder, progress=False, stop_after=3)                      # an interrupted run
+    first = train_or_reuse(cfg, folder)
+    assert first["status"] == "resumed" and read_checkpoint(folder / "last.pt")["iteration"] == cfg.iters
+    again = train_or_reuse(cfg, folder)
+    assert again["status"] == "reused" and again["splits"] == first["splits"]
+    with pytest.raises(ConfigError, match="another configuration"):
+        train_or_reuse(make_config("smoke", root=str(synthetic_root), method="supervised"), folder)
+
+
+def test_acdc_command_end_to_end_on_the_phantom(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "acdc"
+    argv = ["acdc", "--root", str(synthetic_root), "--labeled-patients", "2", "--methods", "supervised", "fixmatch", "--seeds", "0", "1",
+            "--iters", "2", "--img-size", "32", "--val-every", "1", "--out", str(out)]
+    assert main(argv) == 0
+    res = json.loads((out / "acdc_p2.json").read_text())
+    assert res["command"] == "diffseg-bench " + " ".join(argv)
+    assert res["settings"]["iters"] == 2 and res["settings"]["optimizer"] == make_config("cpu").optimizer
+    assert [(r["method"], r["seed"], r["status"]) for r in res["records"]] == [("supervised", 0, "trained"), ("supervised", 1, "trained"),
+                                                                              ("fixmatch", 0, "trained"), ("fixmatch", 1, "trained")]
+    val = {s["method"]: s for s in res["summary"] if s["split"] == "val"}
+    assert val["supervised"]["n"] == 2 and val["supervised"]["metrics"]["dice"][1] is not None
+    assert {s["split"] for s in res["summary"]} == {"val", "test"}              # every split with a list is evaluated
+    assert (out / "runs" / "fixmatch_p2_s1" / "best.pt").exists() and (out / "label_efficiency.png").exists()
+    eff = json.loads((out / "label_efficiency.json").read_text())
+    assert {p["method"] for p in eff["points"]} == {"supervised", "fixmatch"} and eff["published"][0]["dice"] == PUBLISHED[0]["dice"]
+    assert "| supervised | val | 2 |" in (out / "acdc_p2.md").read_text()
+    assert main(argv) == 0                                                      # a rerun reuses every finished run
+    assert all(r["status"] == "reused" for r in json.loads((out / "acdc_p2.json").read_text())["records"])
+
+
+def test_cli_bad_input_exits_2(synthetic_root, tmp_path, capsys):
+    assert main(["speed", "--img-size", "40", "--out", str(tmp_path)]) == 2
+    assert "img_size=40" in capsys.readouterr().err
+    assert main(["acdc", "--root", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    assert main(["acdc", "--root", str(synthetic_root), "--labeled-patients", "99", "--iters", "1", "--out", str(tmp_path)]) == 2
+    with pytest.raises(SystemExit):
+        main(["speed", "--methods", "meanteacher"])
+    assert SPEED_ROWS[0] == "floor"
