@@ -7,9 +7,8 @@ __all__ = ['SPEED_ROWS', 'PUBLISHED', 'peak_memory_mb', 'time_iterations', 'spee
            'speed_table', 'result_header', 'write_speed', 'run_name', 'train_or_reuse', 'summarise_runs',
            'acdc_benchmark', 'acdc_table', 'label_efficiency', 'plot_label_efficiency', 'bench_parser', 'main']
 
-# %% ../nbs/06_benchmark.ipynb #98c56aa2
+# %% ../nbs/06_benchmark.ipynb #20ad89f1
 import argparse, importlib, json, sys, time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -19,7 +18,7 @@ import torch
 from .data import DataError, machine_description
 from .unet import supervised_loss
 from .metrics import N_CLASSES, amp_context
-from .train import (METHODS, ConfigError, TrainData, build_models, check_config, make_config, pick_device, train,
+from .train import (METHODS, ConfigError, TrainData, build_models, check_config, make_config, pick_device, same_config, train,
                                train_step)
 from .prototypes import add_noise_command, noise_command
 
@@ -127,13 +126,13 @@ def write_speed(result: dict, out) -> Path:
     (out / f"{stem}.md").write_text(f"{result_header(result)}\n\n{speed_table(result)}\n")
     return out / f"{stem}.json"
 
-# %% ../nbs/06_benchmark.ipynb #45672631
+# %% ../nbs/06_benchmark.ipynb #4ea40950
 def run_name(method: str, labeled_patients: int, seed: int) -> str: return f"{method}_p{labeled_patients}_s{seed}"
 
 def train_or_reuse(cfg, folder, progress: bool = False) -> dict:
     "Train `cfg` into `folder`, resume it from `last.pt`, or reuse a finished run of the same config; returns its record."
     folder = Path(folder)
-    if (folder / "config.json").exists() and json.loads((folder / "config.json").read_text()) != asdict(cfg):
+    if (folder / "config.json").exists() and not same_config(json.loads((folder / "config.json").read_text()), cfg):
         raise ConfigError(f"{folder} holds a run with another configuration; choose another --out or remove it")
     status = "reused"
     if not (folder / "metrics.json").exists():

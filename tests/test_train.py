@@ -107,6 +107,24 @@ def test_bad_configs_fail_before_training(synthetic_root, tmp_path, capsys):
         check_config(make_config("paper"))
     with pytest.raises(ConfigError, match="amp='fp16'"):
         check_config(make_config("smoke", amp="fp16"))
+    with pytest.raises(ConfigError, match="only apply to the DiffRect methods"):
+        check_config(make_config("smoke", method="fixmatch", refine={"widths": (8, 16, 32, 64, 128)}))
+    with pytest.raises(ConfigError, match="refine settings .*bogus"):
+        check_config(make_config("smoke", method="diffrect", refine={"bogus": 1}))
+    with pytest.raises(ConfigError, match="refine settings"):
+        check_config(make_config("smoke", method="diffrect", refine={"widths": (8, 16)}))
+
+
+def test_rectifier_overrides_and_config_compatibility(synthetic_root, tmp_path):
+    from dataclasses import asdict
+    cfg = _cfg(synthetic_root, method="diffrect", iters=2, refine={"widths": [8, 16, 32, 64, 128], "denoiser_widths": [128, 192, 256]})
+    train(cfg, tmp_path / "slim", progress=False)
+    ckpt = read_checkpoint(tmp_path / "slim" / "last.pt")
+    assert ckpt["refine"]["encoder.in_conv.conv0.0.weight"].shape[0] == 8                   # the slim rectifier was trained and saved
+    assert sum(v.numel() for v in ckpt["refine"].values()) < sum(p.numel() for p in tr.RefineNet(n_classes=4).parameters()) / 2
+    stored = {k: v for k, v in asdict(cfg).items() if k != "refine"}           # a config saved before the setting existed
+    assert tr.same_config(stored, make_config(**{**stored}))                    # …describes the default (official) rectifier
+    assert not tr.same_config(stored, cfg) and not tr.same_config({**stored, "gone": 1}, cfg)
 
 
 def test_resume_guards(synthetic_root, tmp_path):
