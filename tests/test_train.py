@@ -190,8 +190,8 @@ def test_gradients_are_averaged_over_processes(tmp_path):
 def test_two_processes_train_in_sync_and_resume_needs_the_same_count(synthetic_root, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "-m", "diffseg_edu.train", "--preset", "smoke", "--method", "diffrect_proto", "--root", str(synthetic_root), "--iters", "6",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",   # `accelerate launch`
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "diffseg_edu.train", "--preset", "smoke", "--method", "diffrect_proto", "--root", str(synthetic_root), "--iters", "6",
            "--out", str(out), "--quiet"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
