@@ -7,7 +7,7 @@ __all__ = ['SPEED_ROWS', 'PUBLISHED', 'peak_memory_mb', 'time_iterations', 'spee
            'speed_table', 'result_header', 'write_speed', 'run_name', 'train_or_reuse', 'summarise_runs',
            'acdc_benchmark', 'acdc_table', 'label_efficiency', 'plot_label_efficiency', 'bench_parser', 'main']
 
-# %% ../nbs/06_benchmark.ipynb #20ad89f1
+# %% ../nbs/06_benchmark.ipynb #3e9b4848
 import argparse, importlib, json, sys, time
 from pathlib import Path
 from typing import Sequence
@@ -18,19 +18,17 @@ import torch
 from .data import DataError, machine_description
 from .unet import supervised_loss
 from .metrics import N_CLASSES, amp_context
+from .diffusion import _peak_rss_mb
 from .train import (METHODS, ConfigError, TrainData, build_models, check_config, make_config, pick_device, same_config, train,
                                train_step)
 from .prototypes import add_noise_command, noise_command
 
-# %% ../nbs/06_benchmark.ipynb #102a792c
+# %% ../nbs/06_benchmark.ipynb #1f87ea38
 SPEED_ROWS = ("floor",) + METHODS
 
 def peak_memory_mb(device: torch.device) -> float:
     "Peak CUDA memory allocated on `device`, else the peak resident set size of this process (MB)."
-    if device.type == "cuda": return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 2**20 if sys.platform == "darwin" else r / 1024
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _peak_rss_mb()
 
 def time_iterations(step, n_iters: int, warmup: int, device: torch.device) -> list:
     "Seconds of `step(k)` for `warmup + n_iters` calls, the warm-up ones dropped; CUDA is synchronised around each call."
