@@ -40,7 +40,7 @@ def time_iterations(step, n_iters: int, warmup: int, device: torch.device) -> li
         if k >= warmup: ts.append(time.perf_counter() - t0)
     return ts
 
-# %% ../nbs/06_benchmark.ipynb #fe4a7d4a
+# %% ../nbs/06_benchmark.ipynb #93e9ffbe
 def speed_config(method: str, img_size: int = 128, batch_size: int = 6, labeled_bs: int = 3, device: str = "cpu", amp: str = None,
                  channels_last: bool = False, root: str = None, seed: int = 0):
     "The checked `TrainConfig` that `speed_one` times (the official optimiser; `refine_start=0`)."
@@ -54,8 +54,7 @@ def speed_one(method: str, img_size: int = 128, batch_size: int = 6, labeled_bs:
     "Time one training iteration of `method` (or `'floor'`) on one real batch; seconds, images/s and peak memory."
     cfg = speed_config(method, img_size, batch_size, labeled_bs, device, amp, channels_last, root, seed)
     dev = pick_device(device)
-    torch.manual_seed(seed)
-    batch = TrainData(cfg).batch(0, dev)
+    batch = TrainData(cfg).batch(0, dev)                 # its own seeded generator; build_models seeds the weights
     if channels_last:
         for k in ("image_weak", "image_strong"): batch[k] = batch[k].contiguous(memory_format=torch.channels_last)
     models = build_models(cfg, N_CLASSES[cfg.dataset], dev)
