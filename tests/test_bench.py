@@ -1,10 +1,10 @@
-"Benchmarks: the speed rows and their ratio, isolation, the ACDC driver (train, resume, reuse, summary), label efficiency, the CLI."
+"Benchmarks: the speed rows and their ratio, isolation, the ACDC driver (train, resume, reuse, summary), label efficiency, the demo timing, the CLI."
 import json
 
 import pytest
 
-from diffseg_edu.bench import (PUBLISHED, SPEED_ROWS, acdc_table, label_efficiency, main, run_name, speed_benchmark, speed_table,
-                               summarise_runs, train_or_reuse, write_speed)
+from diffseg_edu.bench import (DEMO_GOALS, PUBLISHED, SPEED_ROWS, acdc_table, demo_benchmark, demo_table, label_efficiency, main, run_name,
+                               speed_benchmark, speed_table, summarise_demo, summarise_runs, train_or_reuse, write_speed)
 from diffseg_edu.train import ConfigError, make_config, read_checkpoint, train
 
 
@@ -97,3 +97,29 @@ def test_cli_bad_input_exits_2(synthetic_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["speed", "--methods", "meanteacher"])
     assert SPEED_ROWS[0] == "floor"
+
+
+def test_summarise_demo_counts_goals_and_failures():
+    rec = lambda s, w, d: {"variant": "a", "seed": s, "rc": 0, "wall_s": w, "peak_rss_mb": 900.0, "best_iteration": 150,
+                           "splits": {"val": {"dice": d}, "test": {"dice": d - 0.01}}}
+    failed = {"variant": "a", "seed": 3, "rc": 1, "wall_s": 5.0, "peak_rss_mb": None, "error": "boom"}
+    (a,) = summarise_demo([rec(0, 170.0, 0.86), rec(1, 190.0, 0.87), rec(2, 150.0, 0.84), failed])
+    assert (a["n"], a["failed"], a["met_time"], a["met_dice"], a["met_both"]) == (4, 1, 2, 2, 1)   # the failed run meets nothing
+    assert a["val_dice"] == pytest.approx([0.8566667, 0.0152753], abs=1e-6) and a["peak_rss_mb"] == 900.0
+    assert a["wall_s"] == pytest.approx([128.75, 5.0, 190.0])
+
+
+def test_demo_benchmark_times_the_command_in_a_child(tmp_path):
+    res = demo_benchmark(seeds=(0,), preset="smoke", out=tmp_path)
+    (rec,) = res["records"]
+    assert rec["rc"] == 0 and rec["best_iteration"] is not None and 0 <= rec["splits"]["val"]["dice"] <= 1 and rec["wall_s"] > 0
+    if rec["peak_rss_mb"] is not None: assert rec["peak_rss_mb"] > 100          # the child's memory (torch alone is more)
+    (s,) = res["summary"]
+    assert s["met_time"] == 1 and s["met_dice"] == int(rec["splits"]["val"]["dice"] >= DEMO_GOALS["val_dice"])
+    assert res["settings"]["config"]["preset"] == "smoke" and len(demo_table(res).splitlines()) == 3 + 1 + 3
+    with pytest.raises(ConfigError, match="exists"):                           # a timing is never taken twice into one folder
+        demo_benchmark(seeds=(0,), preset="smoke", out=tmp_path)
+    assert main(["demo", "--preset", "smoke", "--seeds", "0", "--overwrite", "--out", str(tmp_path)]) == 0
+    stored = json.loads((tmp_path / "smoke.json").read_text())
+    assert stored["command"].startswith("diffseg-bench demo") and (tmp_path / "smoke.md").exists()
+    assert main(["demo", "--preset", "smoke", "--seeds", "0", "--out", str(tmp_path)]) == 2                  # exists: exit 2

@@ -201,3 +201,28 @@ def test_two_processes_train_in_sync_and_resume_needs_the_same_count(synthetic_r
     assert not torch.equal(ckpt["rng"][0]["cpu"], ckpt["rng"][1]["cpu"])            # each process has its own dropout stream
     with pytest.raises(ConfigError, match="2 process"):
         train(make_config("smoke", root=str(synthetic_root), method="diffrect_proto", iters=6), out, resume=True, progress=False)
+
+
+def test_augment_overrides_and_the_set_flag(synthetic_root, tmp_path, capsys):
+    from diffseg_edu.data import AugmentConfig
+    with pytest.raises(ConfigError, match="augment settings"):
+        check_config(make_config("smoke", augment={"p_spin": 1}))
+    with pytest.raises(ConfigError, match="p_flip=1.5"):
+        check_config(make_config("smoke", augment={"p_flip": 1.5}))
+    assert tr.augment_config(make_config("demo")) == AugmentConfig(p_flip=0.0, p_rotate=0.0)     # the demo's only augmentation change
+    assert all(tr.augment_config(make_config(p, root="x")) == AugmentConfig() for p in ("smoke", "cpu", "paper"))
+    # the switch reaches the batches: with no flips or rotations the labelled rows keep their resized labels
+    data = tr.TrainData(_cfg(synthetic_root, augment={"p_flip": 0, "p_rotate": 0}))
+    batch, rows = data.batch(0, torch.device("cpu")), [data.slices[i] for i in data.sampler.batch(0)]
+    L = batch["labeled_mask"].bool()
+    assert torch.equal(batch["label"][L], torch.stack([r["label"] for r in rows])[L])
+    # --set reaches any setting, its value read as JSON, and the run's config.json records it
+    out = tmp_path / "set"
+    assert main(["--preset", "demo", "--root", str(synthetic_root), "--out", str(out), "--quiet", "--iters", "2", "--img-size", "32",
+                 "--val-every", "2", "--n-val", "1", "--labeled-patients", "2", "--set", "augment={}", "--set", "refine_poly=true"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["augment"] == {} and saved["refine_poly"] is True and saved["preset"] == "demo"
+    assert main(["--preset", "smoke", "--root", str(synthetic_root), "--out", str(tmp_path / "x"), "--set", "bogus=1"]) == 2
+    assert "unknown setting(s) ['bogus']" in capsys.readouterr().err
+    assert main(["--preset", "smoke", "--root", str(synthetic_root), "--out", str(tmp_path / "x"), "--set", "augment"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
