@@ -296,7 +296,7 @@ def main(argv: Sequence = None) -> int:
 if __name__ == "__main__" and "__file__" in globals():   # `python -m diffseg_edu.bench`; a notebook has no __file__
     raise SystemExit(main())
 
-# %% ../nbs/06_benchmark.ipynb #ba9735b8
+# %% ../nbs/06_benchmark.ipynb #913dc37d
 DEMO_GOALS = {"wall_s": 180.0, "val_dice": 0.85}       # the demo preset's promise (issue 6): ≤ 3 minutes, validation Dice ≥ 0.85
 
 def run_command(cmd: Sequence, cwd=None, env: dict = None) -> dict:
@@ -311,7 +311,7 @@ def run_command(cmd: Sequence, cwd=None, env: dict = None) -> dict:
     else: proc.wait(); peak = None
     return {"rc": proc.returncode, "wall_s": time.perf_counter() - t0, "peak_rss_mb": peak, "output": output}
 
-# %% ../nbs/06_benchmark.ipynb #388340a0
+# %% ../nbs/06_benchmark.ipynb #80cc9ffb
 DEMO_VARIANTS = {"preset": [], "official_augment": ["augment={}"]}   # name -> `--set` items for diffseg-train
 
 def demo_benchmark(seeds: Sequence = (0,), preset: str = "demo", out="results/demo", variants: Sequence = ("preset",),
