@@ -123,3 +123,11 @@ def test_demo_benchmark_times_the_command_in_a_child(tmp_path):
     stored = json.loads((tmp_path / "smoke.json").read_text())
     assert stored["command"].startswith("diffseg-bench demo") and (tmp_path / "smoke.md").exists()
     assert main(["demo", "--preset", "smoke", "--seeds", "0", "--out", str(tmp_path)]) == 2                  # exists: exit 2
+
+
+def test_module_entry_point_reaches_every_command(tmp_path):
+    "`python -m diffseg_edu.bench` runs main after every definition (a bad preset must reach demo_benchmark's check: exit 2)."
+    import subprocess, sys
+    r = subprocess.run([sys.executable, "-m", "diffseg_edu.bench", "demo", "--preset", "nope", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown preset 'nope'" in r.stderr, r.stderr[-2000:]
