@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['SPEED_ROWS', 'PUBLISHED', 'DEMO_GOALS', 'DEMO_VARIANTS', 'peak_memory_mb', 'time_iterations', 'speed_config',
            'speed_one', 'speed_benchmark', 'speed_table', 'result_header', 'write_speed', 'run_name', 'train_or_reuse',
-           'summarise_runs', 'acdc_benchmark', 'acdc_table', 'label_efficiency', 'plot_label_efficiency', 'run_command',
-           'demo_benchmark', 'summarise_demo', 'demo_table', 'bench_parser', 'main']
+           'mean_std', 'summarise_runs', 'acdc_benchmark', 'acdc_table', 'label_efficiency', 'plot_label_efficiency',
+           'run_command', 'demo_benchmark', 'summarise_demo', 'demo_table', 'bench_parser', 'main']
 
 # %% ../nbs/06_benchmark.ipynb #3e9b4848
-import argparse, importlib, json, os, subprocess, sys, time
+import argparse, importlib, json, os, shutil, subprocess, sys, time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -146,6 +146,11 @@ def train_or_reuse(cfg, folder, progress: bool = False) -> dict:
             "splits": {s: metrics[s]["mean"] for s in ("val", "test") if s in metrics}}
 
 # %% ../nbs/06_benchmark.ipynb #6e9db59d
+def mean_std(values) -> list:
+    "`[mean, sample std]` of `values`: the std is None with one value, both are None with none."
+    v = np.asarray(values, dtype=float)
+    return [float(v.mean()) if len(v) else None, float(v.std(ddof=1)) if len(v) > 1 else None]
+
 def summarise_runs(records: list) -> list:
     "Per (method, split): n seeds, and `{metric: [mean, std or None]}` over seeds."
     out = []
@@ -156,8 +161,7 @@ def summarise_runs(records: list) -> list:
             if not vals: continue
             stats = {}
             for m in vals[0]:
-                v = np.array([x[m] for x in vals if x[m] is not None], dtype=float)
-                stats[m] = [float(v.mean()) if len(v) else None, float(v.std(ddof=1)) if len(v) > 1 else None]
+                stats[m] = mean_std([x[m] for x in vals if x[m] is not None])
             out.append({"method": method, "split": split, "n": len(vals), "metrics": stats,
                         "wall_s": float(np.mean([r["wall_s"] for r in rs if r["wall_s"] is not None] or [np.nan]))})
     return out
@@ -225,10 +229,10 @@ PUBLISHED = ({"method": "DiffRect", "dataset": "ACDC", "labeled_patients": 1, "s
 # %% ../nbs/06_benchmark.ipynb #913dc37d
 DEMO_GOALS = {"wall_s": 180.0, "val_dice": 0.85}       # the demo preset's promise (issue 6): ≤ 3 minutes, validation Dice ≥ 0.85
 
-def run_command(cmd: Sequence, cwd=None, env: dict = None) -> dict:
+def run_command(cmd: Sequence) -> dict:
     "Run `cmd` to its end: `{rc, wall_s, peak_rss_mb, output}`; the peak memory is the child's own (None where the OS has no `wait4`)."
     t0 = time.perf_counter()
-    proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     with proc.stdout: output = proc.stdout.read()
     if hasattr(os, "wait4"):                                    # POSIX: the resource usage of this child alone
         _, status, usage = os.wait4(proc.pid, 0)
@@ -243,7 +247,6 @@ DEMO_VARIANTS = {"preset": [], "official_augment": ["augment={}"]}   # name -> `
 def demo_benchmark(seeds: Sequence = (0,), preset: str = "demo", out="results/demo", variants: Sequence = ("preset",),
                    overwrite: bool = False) -> dict:
     "Time `diffseg-train --preset P --seed S` per (variant, seed) in child processes; settings, machine, per-run records and summary."
-    import shutil
     unknown = [v for v in variants if v not in DEMO_VARIANTS]
     if unknown: raise ConfigError(f"unknown variant(s) {unknown} (choose from {sorted(DEMO_VARIANTS)})")
     base = check_config(make_config(preset))
@@ -278,11 +281,10 @@ def summarise_demo(records: list) -> list:
     out = []
     for v in dict.fromkeys(r["variant"] for r in records):
         rs = [r for r in records if r["variant"] == v]; ok = [r for r in rs if r["rc"] == 0]
-        wall = np.array([r["wall_s"] for r in rs]); dice = {k: np.array([r["splits"][k]["dice"] for r in ok if k in r["splits"]]) for k in ("val", "test")}
-        stat = lambda a: [float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else None] if len(a) else [None, None]
+        wall = np.array([r["wall_s"] for r in rs]); dice = {k: [r["splits"][k]["dice"] for r in ok if k in r["splits"]] for k in ("val", "test")}
         peaks = [r["peak_rss_mb"] for r in rs if r["peak_rss_mb"] is not None]
         out.append({"variant": v, "n": len(rs), "failed": len(rs) - len(ok), "wall_s": [float(wall.mean()), float(wall.min()), float(wall.max())],
-                    "peak_rss_mb": max(peaks) if peaks else None, "val_dice": stat(dice["val"]), "test_dice": stat(dice["test"]),
+                    "peak_rss_mb": max(peaks) if peaks else None, "val_dice": mean_std(dice["val"]), "test_dice": mean_std(dice["test"]),
                     "met_time": sum(r["wall_s"] <= DEMO_GOALS["wall_s"] for r in ok),     # a failed run meets nothing
                     "met_dice": sum(r["splits"]["val"]["dice"] >= DEMO_GOALS["val_dice"] for r in ok),
                     "met_both": sum(r["wall_s"] <= DEMO_GOALS["wall_s"] and r["splits"]["val"]["dice"] >= DEMO_GOALS["val_dice"] for r in ok)})

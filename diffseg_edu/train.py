@@ -88,13 +88,17 @@ def make_config(preset: str = None, **overrides) -> TrainConfig:
     return TrainConfig(**{**copy.deepcopy(PRESETS.get(preset, {})), **overrides, "preset": preset})   # a run never shares the preset's dicts
 
 # %% ../nbs/05_training.ipynb #3cfcc073
+def _overrides(d: dict) -> dict:
+    "Nested-config overrides as keyword arguments: lists (as JSON stores tuples) become tuples."
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
 def refine_config(cfg: TrainConfig, n_classes: int) -> RefineConfig:
-    "The rectifier's `RefineConfig`: the official one, with `cfg.refine` overrides (lists from JSON become tuples)."
-    return RefineConfig(n_classes=n_classes, **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.refine.items()})
+    "The rectifier's `RefineConfig`: the official one, with `cfg.refine` overrides."
+    return RefineConfig(n_classes=n_classes, **_overrides(cfg.refine))
 
 def augment_config(cfg: TrainConfig) -> AugmentConfig:
-    "The weak/strong augmentation of a run: the official one, with `cfg.augment` overrides (lists from JSON become tuples)."
-    return AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.augment.items()})
+    "The weak/strong augmentation of a run: the official one, with `cfg.augment` overrides."
+    return AugmentConfig(**_overrides(cfg.augment))
 
 def same_config(stored: dict, cfg: TrainConfig) -> bool:
     "Whether a saved config (a dict from `config.json` or a checkpoint) describes `cfg`; settings added since it was saved count at their defaults."
