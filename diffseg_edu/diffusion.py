@@ -314,9 +314,11 @@ def step_viewer(frames: Sequence, titles: Sequence, static: bool = None, size: f
     display(widgets.VBox([slider, out]))
 
 # %% ../nbs/03_label_diffusion.ipynb #a01a82c6
-def consistency_weight(iteration: int, max_weight: float = 0.1, rampup: int = 200, every: int = 150) -> float:
-    "SSL4MIS sigmoid ramp-up λ = max_weight·exp(−5(1 − c/rampup)²), c = clip(iteration // every, 0, rampup)."
-    c = min(max(iteration // every, 0), rampup)
+def consistency_weight(iteration: int, max_weight: float = 0.1, rampup: int = 200, every: int = 150, iters: int = None) -> float:
+    """SSL4MIS sigmoid ramp-up λ = max_weight·exp(−5(1 − c/rampup)²) with c = clip(iteration // every, 0, rampup) (official);
+    given `iters`, the ramp is scaled to the run: c = clip(⌊iteration·rampup / iters⌋, 0, rampup), which is the official ramp at iters = 30,000."""
+    c = iteration // every if iters is None else iteration * rampup // iters   # integer arithmetic: exact at every t
+    c = min(max(c, 0), rampup)
     return max_weight * math.exp(-5 * (1 - c / rampup) ** 2)
 
 def _ce_dice(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -390,11 +392,12 @@ def segmentation_losses(logits_w: torch.Tensor, logits_s: torch.Tensor, label: t
 # %% ../nbs/03_label_diffusion.ipynb #370dd48a
 def diffrect_iteration(seg: nn.Module, refine: RefineNet, opt_seg, opt_refine, batch: dict, iteration: int,
                        refine_start: int = 1000, guidance: str = "official", rectify_train_mode: bool = True,
-                       uncertain: str = "background", hook=None) -> dict:
+                       uncertain: str = "background", hook=None, weight: float = None, rect_weight: float = 1.0) -> dict:
     """One official DiffRect iteration on `batch` (`image_weak`, `image_strong`, `label`, `labeled_mask`); returns the loss values.
-    `hook`: an extra rectifier term (the prototype notebook's), added unscaled to L_b1 + λ·L_b2; its parameters belong in `opt_refine`."""
+    `hook`: an extra rectifier term (the prototype notebook's), added unscaled to L_b1 + λ·L_b2; its parameters belong in `opt_refine`.
+    `weight`: λ of this iteration (default: the official ramp at `iteration`); `rect_weight`: the factor of L_rect (official: 1)."""
     x_w, x_s, y, L = batch["image_weak"], batch["image_strong"], batch["label"], batch["labeled_mask"].bool()
-    lam = consistency_weight(iteration)
+    lam = consistency_weight(iteration) if weight is None else weight
     s = segmentation_losses(seg(x_w), seg(x_s), y, L, lam, uncertain)
     opt_seg.zero_grad(set_to_none=True); s["loss"].backward(); opt_seg.step()
     opt_refine.zero_grad(set_to_none=True)        # refine loss L_b1 + λ·L_b2, back-propagated stage by stage:
@@ -410,8 +413,8 @@ def diffrect_iteration(seg: nn.Module, refine: RefineNet, opt_seg, opt_refine, b
     if iteration > refine_start:
         pl_rect = rectify(refine, x_w, s["pl_w"], b1["guidance"], rectify_train_mode, uncertain)
         rect = _ce_dice(seg(x_w)[~L], pl_rect[~L], refine.n_classes)
-        opt_seg.zero_grad(set_to_none=True); rect.backward(); opt_seg.step()
-        out["rect"] = rect.item()
+        opt_seg.zero_grad(set_to_none=True); (rect_weight * rect).backward(); opt_seg.step()
+        out.update(rect=rect.item(), rect_weight=rect_weight)
     return out
 
 # %% ../nbs/03_label_diffusion.ipynb #45830871
