@@ -10,7 +10,7 @@ __all__ = ['SPEED_ROWS', 'PUBLISHED', 'DEMO_GOALS', 'DEMO_VARIANTS', 'peak_memor
 
 # %% ../nbs/06_benchmark.ipynb #3e9b4848
 import argparse, importlib, json, os, shutil, subprocess, sys, time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -21,8 +21,8 @@ from .data import DataError, default_synthetic_root, machine_description
 from .unet import supervised_loss
 from .metrics import N_CLASSES, amp_context
 from .diffusion import _peak_rss_mb
-from .train import (METHODS, ConfigError, TrainData, build_models, check_config, make_config, pick_device, same_config, train,
-                               train_step)
+from .train import (METHODS, ConfigError, TrainData, build_models, check_config, fast_settings, make_config, parse_sets,
+                               pick_device, same_config, train, train_step)
 from .prototypes import add_noise_command, noise_command
 
 # %% ../nbs/06_benchmark.ipynb #1f87ea38
@@ -44,35 +44,37 @@ def time_iterations(step, n_iters: int, warmup: int, device: torch.device) -> li
 
 # %% ../nbs/06_benchmark.ipynb #93e9ffbe
 def speed_config(method: str, img_size: int = 128, batch_size: int = 6, labeled_bs: int = 3, device: str = "cpu", amp: str = None,
-                 channels_last: bool = False, root: str = None, seed: int = 0):
+                 channels_last: bool = False, root: str = None, seed: int = 0, fast: bool = False):
     "The checked `TrainConfig` that `speed_one` times (the official optimiser; `refine_start=0`)."
     if method not in SPEED_ROWS: raise ConfigError(f"unknown method {method!r} (choose from {SPEED_ROWS})")
     return check_config(make_config(method="supervised" if method == "floor" else method, dataset="acdc" if root else "synthetic", root=root,
                                     img_size=img_size, batch_size=batch_size, labeled_bs=labeled_bs, amp=amp, channels_last=channels_last,
-                                    device=device, seed=seed, refine_start=0))
+                                    device=device, seed=seed, refine_start=0, fast=fast))
 
 def speed_one(method: str, img_size: int = 128, batch_size: int = 6, labeled_bs: int = 3, n_iters: int = 10, warmup: int = 3,
-              device: str = "cpu", amp: str = None, channels_last: bool = False, root: str = None, seed: int = 0) -> dict:
-    "Time one training iteration of `method` (or `'floor'`) on one real batch; seconds, images/s and peak memory."
-    cfg = speed_config(method, img_size, batch_size, labeled_bs, device, amp, channels_last, root, seed)
+              device: str = "cpu", amp: str = None, channels_last: bool = False, root: str = None, seed: int = 0, fast: bool = False) -> dict:
+    "Time one training iteration of `method` (or `'floor'`) on one real batch, as `diffseg-train` runs it; seconds, images/s and peak memory."
+    cfg = speed_config(method, img_size, batch_size, labeled_bs, device, amp, channels_last, root, seed, fast)
     dev = pick_device(device)
-    batch = TrainData(cfg).batch(0, dev)                 # its own seeded generator; build_models seeds the weights
-    if channels_last:
-        for k in ("image_weak", "image_strong"): batch[k] = batch[k].contiguous(memory_format=torch.channels_last)
+    rt = fast_settings(cfg, dev)                         # what `train` runs: the config's amp/layout, or what `fast` turns on here
+    cfg = replace(cfg, amp=rt["amp"], channels_last=rt["channels_last"])
+    batch = TrainData(cfg).batch(0, dev, cfg.channels_last)   # its own seeded generator; build_models seeds the weights
     models = build_models(cfg, N_CLASSES[cfg.dataset], dev)
+    if rt["compile"]: models["seg"].compile()
     for m in (models["seg"], models["refine"]):
         if m is not None: m.train()
     seg, opt, L = models["seg"], models["opt_seg"], batch["labeled_mask"].bool()
     def floor(k):
-        with amp_context(dev, amp): loss = supervised_loss(seg(batch["image_weak"])[L], batch["label"][L], seg.n_classes)
+        with amp_context(dev, cfg.amp): loss = supervised_loss(seg(batch["image_weak"])[L], batch["label"][L], seg.n_classes)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
     step = floor if method == "floor" else (lambda k: train_step(cfg, models, batch, 10_000 + k, dev))
     if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
     ts = time_iterations(step, n_iters, warmup, dev)
     images = labeled_bs if method == "supervised" else batch_size
     med = float(np.median(ts))
-    return {"method": method, "median_s": med, "min_s": float(min(ts)), "max_s": float(max(ts)), "images_per_s": images / med,
-            "peak_mb": peak_memory_mb(dev), "memory": "CUDA max allocated" if dev.type == "cuda" else "process peak RSS",
+    return {"method": method, "mode": "fast" if fast else "fp32" if cfg.amp is None else cfg.amp, "amp": cfg.amp,
+            "channels_last": cfg.channels_last, "compile": rt["compile"], "median_s": med, "min_s": float(min(ts)), "max_s": float(max(ts)),
+            "images_per_s": images / med, "peak_mb": peak_memory_mb(dev), "memory": "CUDA max allocated" if dev.type == "cuda" else "process peak RSS",
             "n_iters": n_iters, "warmup": warmup}
 
 # %% ../nbs/06_benchmark.ipynb #57811575
@@ -82,33 +84,40 @@ def _call_in_library(name: str, kwargs: dict):
 
 def speed_benchmark(methods: Sequence = METHODS, img_size: int = 128, batch_size: int = 6, labeled_bs: int = 3, n_iters: int = 10,
                     warmup: int = 3, device: str = "cpu", amp: str = None, channels_last: bool = False, root: str = None,
-                    isolate: bool = True, progress: bool = True) -> dict:
-    "Rows of `speed_one` for the floor and each of `methods`, with `ratio` = median time / the floor's median time."
+                    isolate: bool = True, progress: bool = True, fast: bool = False) -> dict:
+    """Rows of `speed_one` for the floor and each of `methods`, with `ratio` = median time / the floor's median time (of the same mode).
+    `fast=True` adds a fast row after each row (the same method, `diffseg-train --fast`), with `vs_fp32` = its median / the row before's."""
     kw = dict(img_size=img_size, batch_size=batch_size, labeled_bs=labeled_bs, n_iters=n_iters, warmup=warmup, device=device, amp=amp,
               channels_last=channels_last, root=root)
     rows, t0 = [], time.perf_counter()
     for method in ("floor", *methods): speed_config(method, **{k: v for k, v in kw.items() if k not in ("n_iters", "warmup")})  # fail before any work
     for method in ("floor", *[m for m in methods if m != "floor"]):
-        if isolate:
-            import multiprocessing as mp
-            with mp.get_context("spawn").Pool(1) as pool: row = pool.apply(_call_in_library, ("speed_one", {"method": method, **kw}))
-        else: row = speed_one(method, **kw)
-        rows.append(row)
-        if progress: print(f"{method}: {row['median_s']:.3f} s/iteration", file=sys.stderr)
-    for r in rows: r["ratio"] = r["median_s"] / rows[0]["median_s"]
-    return {"what": "speed", "settings": {**kw, "isolate": isolate, "methods": list(methods)}, "machine": machine_description(),
+        for mode in (False, True) if fast else (False,):
+            args = {"method": method, **kw, "fast": mode}
+            if isolate:
+                import multiprocessing as mp
+                with mp.get_context("spawn").Pool(1) as pool: row = pool.apply(_call_in_library, ("speed_one", args))
+            else: row = speed_one(**args)
+            if mode: row["vs_fp32"] = row["median_s"] / rows[-1]["median_s"]
+            rows.append(row)
+            if progress: print(f"{method} ({row['mode']}): {row['median_s']:.3f} s/iteration", file=sys.stderr)
+    floors = {r["mode"]: r["median_s"] for r in rows if r["method"] == "floor"}
+    for r in rows: r["ratio"] = r["median_s"] / floors[r["mode"]]
+    return {"what": "speed", "settings": {**kw, "isolate": isolate, "methods": list(methods), "fast": fast}, "machine": machine_description(),
             "device_name": str(pick_device(device)), "wall_s": time.perf_counter() - t0, "rows": rows}
 
 # %% ../nbs/06_benchmark.ipynb #bc99b6f1
 def speed_table(result: dict) -> str:
     "Markdown table of a `speed_benchmark` result."
     s = result["settings"]
-    lines = [f"| method ({s['img_size']}², batch {s['batch_size']}) | median s/iter | min | max | images/s | peak memory (MB) | × floor |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"| method ({s['img_size']}², batch {s['batch_size']}) | mode | median s/iter | min | max | images/s | peak memory (MB) | × floor "
+             "| fast / fp32 |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         name = "floor (supervised step, whole batch)" if r["method"] == "floor" else r["method"]
-        lines.append(f"| {name} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['max_s']:.3f} | {r['images_per_s']:.1f} | {r['peak_mb']:.0f} | "
-                     f"{r['ratio']:.2f} |")
+        mode = r.get("mode", "fp32") + (f" ({r['amp'] or 'fp32'}{', channels_last' if r['channels_last'] else ''})" if r.get("mode") == "fast" else "")
+        vs = f"{r['vs_fp32']:.2f}" if "vs_fp32" in r else ""
+        lines.append(f"| {name} | {mode} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['max_s']:.3f} | {r['images_per_s']:.1f} | {r['peak_mb']:.0f} | "
+                     f"{r['ratio']:.2f} | {vs} |")
     return "\n".join(lines)
 
 def result_header(result: dict) -> str:
@@ -316,6 +325,7 @@ def bench_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu"); s.add_argument("--img-size", type=int, default=128); s.add_argument("--batch-size", type=int, default=6)
     s.add_argument("--labeled-bs", type=int, default=3); s.add_argument("--iters", type=int, default=10); s.add_argument("--warmup", type=int, default=3)
     s.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS); s.add_argument("--amp", choices=["bf16"])
+    s.add_argument("--fast", action="store_true", help="also time every method in fast mode (diffseg-train --fast), side by side")
     s.add_argument("--channels-last", action="store_true"); s.add_argument("--root", help="ACDC folder (default: the phantom; only shapes matter)")
     s.add_argument("--no-isolate", action="store_true", help="run every method in this process (peak RSS is then cumulative)")
     s.add_argument("--out", default="results/speed")
@@ -323,6 +333,8 @@ def bench_parser() -> argparse.ArgumentParser:
     a.add_argument("--root", required=True, help="the ACDC folder (SSL4MIS layout)"); a.add_argument("--labeled-patients", type=int, default=3)
     a.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS); a.add_argument("--seeds", type=int, nargs="+", default=[1337])
     a.add_argument("--paper", action="store_true", help="the published protocol (256², 30,000 iterations): for a GPU")
+    a.add_argument("--fast", action="store_true", default=None, help="train in fast mode (bf16 where the hardware has it, channels_last)")
+    a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any TrainConfig setting for every run, as diffseg-train --set")
     for name in ("iters", "img_size", "val_every"): a.add_argument("--" + name.replace("_", "-"), type=int)
     a.add_argument("--device"); a.add_argument("--amp", choices=["bf16"]); a.add_argument("--out", default="results/acdc")
     a.add_argument("--progress", action="store_true", help="a progress bar per run")
@@ -336,7 +348,7 @@ def bench_parser() -> argparse.ArgumentParser:
 # %% ../nbs/06_benchmark.ipynb #e7ce66ac
 def _speed_command(a, command: str) -> int:
     res = speed_benchmark(a.methods, a.img_size, a.batch_size, a.labeled_bs, a.iters, a.warmup, a.device, a.amp, a.channels_last, a.root,
-                          isolate=not a.no_isolate)
+                          isolate=not a.no_isolate, fast=a.fast)
     res["command"] = command
     path = write_speed(res, a.out)
     print(f"{result_header(res)}\n\n{speed_table(res)}\n\nwrote {path} and {path.with_suffix('.md')} ({res['wall_s']:.0f} s)")
@@ -344,8 +356,9 @@ def _speed_command(a, command: str) -> int:
 
 def _acdc_command(a, command: str) -> int:
     import matplotlib.pyplot as plt
-    over = {k: v for k, v in (("iters", a.iters), ("img_size", a.img_size), ("val_every", a.val_every), ("device", a.device), ("amp", a.amp))
-            if v is not None}
+    over = {k: v for k, v in (("iters", a.iters), ("img_size", a.img_size), ("val_every", a.val_every), ("device", a.device), ("amp", a.amp),
+                              ("fast", a.fast)) if v is not None}
+    over.update(parse_sets(a.set))
     if not Path(a.root).is_dir(): raise DataError(f"--root {a.root}: not a folder")
     res = acdc_benchmark(a.root, a.labeled_patients, a.methods, a.seeds, a.out, preset="paper" if a.paper else "cpu", progress=a.progress, **over)
     res["command"] = command

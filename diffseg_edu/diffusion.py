@@ -7,8 +7,9 @@ __all__ = ['OFFICIAL_PALETTES', 'GUIDANCE_SCALE', 'OFFICIAL_ALPHA_BAR', 'farthes
            'onehot_dice_loss', 'calibration_guidance', 'class_argmax', 'pseudo_label', 'complementary_loss',
            'TimeConvBlock', 'TimeDown', 'TimeUp', 'TimeEncoder', 'TimeDecoder', 'time_embedding', 'LatentDenoiser',
            'train_scheduler', 'sample_scheduler', 'RefineConfig', 'RefineNet', 'latent_pca', 'step_viewer',
-           'consistency_weight', 'stage_weak_to_gt', 'stage_strong_to_weak', 'rectify', 'segmentation_losses',
-           'diffrect_iteration', 'corrupt_labels', 'denoising_trajectory', 'benchmark_iteration', 'main']
+           'consistency_weight', 'as_background', 'stage_weak_to_gt', 'stage_strong_to_weak', 'rectify',
+           'segmentation_losses', 'diffrect_iteration', 'corrupt_labels', 'denoising_trajectory', 'benchmark_iteration',
+           'main']
 
 # %% ../nbs/03_label_diffusion.ipynb #5520c41c
 import math, sys, time
@@ -337,6 +338,10 @@ def _run_hook(hook, stage: str, info: dict, good: torch.Tensor, keep: torch.Tens
     labels = good if keep is None else torch.where(keep, good, IGNORE_INDEX)
     return hook(stage, info, labels, labeled, iteration)
 
+def as_background(labels: torch.Tensor) -> torch.Tensor:
+    "`labels` with `IGNORE_INDEX` pixels shown as background: what the rectifier sees of an uncertain pixel (the official rule); only losses ignore it."
+    return labels.masked_fill(labels == IGNORE_INDEX, 0)
+
 def stage_weak_to_gt(refine: RefineNet, image_w: torch.Tensor, pl_w: torch.Tensor, pl_s: torch.Tensor, label: torch.Tensor,
                      labeled: torch.Tensor, guidance: str = "official", uncertain: str = "background",
                      hook=None, confident: torch.Tensor = None, iteration: int = 0) -> dict:
@@ -344,6 +349,7 @@ def stage_weak_to_gt(refine: RefineNet, image_w: torch.Tensor, pl_w: torch.Tenso
     `hook` (e.g. the prototype term) gets the latents and the target labels, unlabelled pixels outside `confident` ignored."""
     L, n = labeled.bool(), refine.n_classes
     if not L.any() or L.all(): raise ValueError("a DiffRect batch needs labelled and unlabelled rows")
+    pl_w, pl_s = as_background(pl_w), as_background(pl_s)
     t = _guidance(guidance, pl_w[L], label[L], pl_s, pl_w, n, len(pl_w))
     good = torch.where(L[:, None, None], label, pl_w)
     lat_loss, logits, info = refine(pl_w, image_w, t, good=good, features=getattr(hook, "features", False))
@@ -358,8 +364,8 @@ def stage_strong_to_weak(refine: RefineNet, image_s: torch.Tensor, pl_s: torch.T
                          hook=None, confident: torch.Tensor = None, iteration: int = 0) -> dict:
     "(b2): rectify the strong pseudo label towards the weak one (unlabelled rows), plus the complementary term; `hook` as in (b1)."
     U, n = ~labeled.bool(), refine.n_classes
-    pl_ref = b1["pseudo_label"]
-    t = _guidance(guidance, pl_s[U], pl_ref[U], pl_s, pl_w, n, len(pl_s))
+    pl_ref, pl_s, pl_w = b1["pseudo_label"], as_background(pl_s), as_background(pl_w)     # pl_ref keeps IGNORE_INDEX: a loss target
+    t = _guidance(guidance, pl_s[U], as_background(pl_ref)[U], pl_s, pl_w, n, len(pl_s))
     lat_loss, logits_s, info = refine(pl_s, image_s, t, good=pl_w, features=getattr(hook, "features", False))
     comp = complementary_loss(b1["logits"].softmax(1), logits_s.softmax(1), square_weight)
     loss = _ce_dice(logits_s[U], pl_ref[U], n) + comp + lat_loss
@@ -372,7 +378,7 @@ def rectify(refine: RefineNet, image_w: torch.Tensor, pl_w: torch.Tensor, guidan
     "(c): rectified pseudo labels of `pl_w` by 2-step DDIM sampling; `train_mode=True` reproduces the official (dropout, BN batch stats)."
     was_training = refine.training
     refine.train(train_mode)
-    try: logits = refine(pl_w, image_w, guidance, generator=generator)
+    try: logits = refine(as_background(pl_w), image_w, guidance, generator=generator)
     finally: refine.train(was_training)
     return pseudo_label(logits.softmax(1), uncertain=uncertain)
 
