@@ -8,8 +8,8 @@ __all__ = ['OFFICIAL_PALETTES', 'GUIDANCE_SCALE', 'OFFICIAL_ALPHA_BAR', 'farthes
            'TimeConvBlock', 'TimeDown', 'TimeUp', 'TimeEncoder', 'TimeDecoder', 'time_embedding', 'LatentDenoiser',
            'train_scheduler', 'sample_scheduler', 'RefineConfig', 'RefineNet', 'latent_pca', 'step_viewer',
            'consistency_weight', 'as_background', 'stage_weak_to_gt', 'stage_strong_to_weak', 'rectify',
-           'segmentation_losses', 'diffrect_iteration', 'corrupt_labels', 'denoising_trajectory', 'benchmark_iteration',
-           'main']
+           'segmentation_losses', 'optimiser_step', 'diffrect_iteration', 'corrupt_labels', 'denoising_trajectory',
+           'benchmark_iteration', 'main']
 
 # %% ../nbs/03_label_diffusion.ipynb #5520c41c
 import math, sys, time
@@ -396,6 +396,12 @@ def segmentation_losses(logits_w: torch.Tensor, logits_s: torch.Tensor, label: t
     return {"loss": sup + weight * unsup, "sup": sup, "unsup": unsup, "pl_w": pl_w, "pl_s": pl_s, "confident_w": confident}
 
 # %% ../nbs/03_label_diffusion.ipynb #370dd48a
+def optimiser_step(opt):
+    """`opt.step()`, then drop autocast's cache of low-precision weight copies. Inside one `torch.autocast` region the cast of a weight is
+    cached, so a forward pass after an optimiser step would otherwise still use the weights from before the step."""
+    opt.step()
+    torch.clear_autocast_cache()
+
 def diffrect_iteration(seg: nn.Module, refine: RefineNet, opt_seg, opt_refine, batch: dict, iteration: int,
                        refine_start: int = 1000, guidance: str = "official", rectify_train_mode: bool = True,
                        uncertain: str = "background", hook=None, weight: float = None, rect_weight: float = 1.0) -> dict:
@@ -405,13 +411,13 @@ def diffrect_iteration(seg: nn.Module, refine: RefineNet, opt_seg, opt_refine, b
     x_w, x_s, y, L = batch["image_weak"], batch["image_strong"], batch["label"], batch["labeled_mask"].bool()
     lam = consistency_weight(iteration) if weight is None else weight
     s = segmentation_losses(seg(x_w), seg(x_s), y, L, lam, uncertain)
-    opt_seg.zero_grad(set_to_none=True); s["loss"].backward(); opt_seg.step()
+    opt_seg.zero_grad(set_to_none=True); s["loss"].backward(); optimiser_step(opt_seg)
     opt_refine.zero_grad(set_to_none=True)        # refine loss L_b1 + λ·L_b2, back-propagated stage by stage:
     b1 = stage_weak_to_gt(refine, x_w, s["pl_w"], s["pl_s"], y, L, guidance, uncertain, hook, s["confident_w"], iteration)
     extra = lambda st: st["hook"]["loss"] if st["hook"] is not None else 0.0
     (b1["loss"] + extra(b1)).backward()           # b2 needs nothing from b1's graph, so free it before b2 is built
     b2 = stage_strong_to_weak(refine, x_s, s["pl_s"], s["pl_w"], b1, L, guidance, hook=hook, confident=s["confident_w"], iteration=iteration)
-    (lam * b2["loss"] + extra(b2)).backward(); opt_refine.step()
+    (lam * b2["loss"] + extra(b2)).backward(); optimiser_step(opt_refine)
     out = {"seg": s["loss"].item(), "sup": s["sup"].item(), "b1": b1["loss"].item(), "b2": b2["loss"].item(),
            "lat_b1": b1["lat_loss"].item(), "lat_b2": b2["lat_loss"].item(), "weight": lam}
     for name, st in (("b1", b1), ("b2", b2)):
@@ -419,7 +425,7 @@ def diffrect_iteration(seg: nn.Module, refine: RefineNet, opt_seg, opt_refine, b
     if iteration > refine_start:
         pl_rect = rectify(refine, x_w, s["pl_w"], b1["guidance"], rectify_train_mode, uncertain)
         rect = _ce_dice(seg(x_w)[~L], pl_rect[~L], refine.n_classes)
-        opt_seg.zero_grad(set_to_none=True); (rect_weight * rect).backward(); opt_seg.step()
+        opt_seg.zero_grad(set_to_none=True); (rect_weight * rect).backward(); optimiser_step(opt_seg)
         out.update(rect=rect.item(), rect_weight=rect_weight)
     return out
 

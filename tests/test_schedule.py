@@ -72,3 +72,15 @@ def test_heldout_validation_volumes_are_scored_apart(synthetic_root, tmp_path):
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     names = [c["name"] for c in m["val"]["per_case"]]
     assert [c["name"] for c in m["val_heldout"]["per_case"]] == names[1:] and len(names) >= 2
+
+
+def test_a_forward_after_an_optimiser_step_sees_the_new_weights_under_autocast():
+    from diffseg_edu.diffusion import optimiser_step
+    torch.manual_seed(0)
+    m, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
+    opt = torch.optim.SGD(m.parameters(), lr=1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m(x).float().sum().backward(); optimiser_step(opt)
+        after = m(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16): fresh = m(x)
+    assert torch.equal(after, fresh)            # with a plain opt.step() `after` would still use the old bf16 weights
