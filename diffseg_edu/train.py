@@ -78,7 +78,7 @@ PRESETS = {
                   optimizer="adam", lr=1e-3, refine_lr=1e-3, seed=0),
     "demo": dict(method="diffrect", dataset="synthetic", labeled_patients=4, img_size=64, iters=150, val_every=50, ckpt_every=50,
                  refine_start=100, labeled_bs=4, optimizer="adam", lr=3e-3, refine_lr=2e-3, seed=0,
-                 augment=dict(p_flip=0.0, p_rotate=0.0)),
+                 augment=dict(p_flip=0.0, p_rotate=0.0), schedule="fixed"),
     "cpu": dict(dataset="acdc", labeled_patients=3, img_size=128, iters=1200, val_every=60, ckpt_every=50, refine_start=100, n_val=10,
                 optimizer="adam", lr=2e-3, refine_lr=1e-3, consistency=1.0, uncertain="ignore", fast=True),
     "paper": dict(dataset="acdc", labeled_patients=3, img_size=256, iters=30000, ckpt_every=200),   # the scaled schedule gives 1000 and 200
