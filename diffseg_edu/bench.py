@@ -11,7 +11,7 @@ __all__ = ['SPEED_ROWS', 'SPLITS', 'PUBLISHED', 'DEMO_GOALS', 'DEMO_VARIANTS', '
 
 # %% ../nbs/06_benchmark.ipynb #3e9b4848
 import argparse, importlib, json, os, shutil, subprocess, sys, time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -22,8 +22,8 @@ from .data import DataError, default_synthetic_root, machine_description
 from .unet import supervised_loss
 from .metrics import N_CLASSES, amp_context
 from .diffusion import _peak_rss_mb
-from .train import (METHODS, ConfigError, TrainData, build_models, check_config, fast_settings, make_config, parse_sets,
-                               pick_device, run_schedule, same_config, train, train_step)
+from .train import (METHODS, ConfigError, TrainData, check_config, fast_settings, make_config, parse_sets,
+                               pick_device, prepare_run, run_schedule, same_config, train, train_step)
 from .prototypes import add_noise_command, noise_command
 
 # %% ../nbs/06_benchmark.ipynb #1f87ea38
@@ -57,11 +57,8 @@ def speed_one(method: str, img_size: int = 128, batch_size: int = 6, labeled_bs:
     "Time one training iteration of `method` (or `'floor'`) on one real batch, as `diffseg-train` runs it; seconds, images/s and peak memory."
     cfg = speed_config(method, img_size, batch_size, labeled_bs, device, amp, channels_last, root, seed, fast)
     dev = pick_device(device)
-    rt = fast_settings(cfg, dev)                         # what `train` runs: the config's amp/layout, or what `fast` turns on here
-    cfg = replace(cfg, amp=rt["amp"], channels_last=rt["channels_last"])
-    batch = TrainData(cfg).batch(0, dev, cfg.channels_last)   # its own seeded generator; build_models seeds the weights
-    models = build_models(cfg, N_CLASSES[cfg.dataset], dev)
-    if rt["compile"]: models["seg"].compile()
+    cfg, models = prepare_run(cfg, N_CLASSES[cfg.dataset], dev)   # what `train` runs: the config's numerics, or what `fast` turns on here
+    batch = TrainData(cfg).batch(0, dev, cfg.channels_last)       # its own seeded generator; build_models seeded the weights
     for m in (models["seg"], models["refine"]):
         if m is not None: m.train()
     seg, opt, L = models["seg"], models["opt_seg"], batch["labeled_mask"].bool()
@@ -74,7 +71,7 @@ def speed_one(method: str, img_size: int = 128, batch_size: int = 6, labeled_bs:
     images = labeled_bs if method == "supervised" else batch_size
     med = float(np.median(ts))
     return {"method": method, "mode": "fast" if fast else "fp32" if cfg.amp is None else cfg.amp, "amp": cfg.amp,
-            "channels_last": cfg.channels_last, "compile": rt["compile"], "median_s": med, "min_s": float(min(ts)), "max_s": float(max(ts)),
+            "channels_last": cfg.channels_last, "compile": fast_settings(cfg, dev)["compile"], "median_s": med, "min_s": float(min(ts)), "max_s": float(max(ts)),
             "images_per_s": images / med, "peak_mb": peak_memory_mb(dev), "memory": "CUDA max allocated" if dev.type == "cuda" else "process peak RSS",
             "n_iters": n_iters, "warmup": warmup}
 

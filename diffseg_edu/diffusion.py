@@ -390,7 +390,7 @@ def segmentation_losses(logits_w: torch.Tensor, logits_s: torch.Tensor, label: t
     p_w, p_s = logits_w.softmax(1), logits_s.softmax(1)
     pl_w, pl_s = pseudo_label(p_w.detach(), uncertain="ignore"), pseudo_label(p_s.detach(), uncertain="ignore")
     confident = pl_w != IGNORE_INDEX            # pixels of the weak view that pass the threshold rule
-    if uncertain == "background": pl_w, pl_s = pl_w.masked_fill(~confident, 0), pl_s.masked_fill(pl_s == IGNORE_INDEX, 0)
+    if uncertain == "background": pl_w, pl_s = as_background(pl_w), as_background(pl_s)
     sup = _ce_dice(logits_w[L], label[L], n)
     unsup = _ce_dice(logits_s[U], pl_w[U], n) + complementary_loss(p_w, p_s, square_weight)
     return {"loss": sup + weight * unsup, "sup": sup, "unsup": unsup, "pl_w": pl_w, "pl_s": pl_s, "confident_w": confident}

@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['METHODS', 'PRESETS', 'LEGACY', 'ConfigError', 'TrainConfig', 'make_config', 'run_schedule', 'unsup_weight',
            'rect_weight', 'refine_config', 'augment_config', 'same_config', 'check_config', 'pick_device', 'data_root',
-           'TrainData', 'bf16_native', 'fast_settings', 'build_models', 'learning_rates', 'train_step', 'rng_state',
-           'training_state', 'restore_state', 'Distributed', 'SyncedOptimizer', 'RunLog', 'validate', 'train',
-           'final_metrics', 'plot_curves', 'train_parser', 'parse_sets', 'main']
+           'TrainData', 'bf16_native', 'fast_settings', 'build_models', 'learning_rates', 'prepare_run', 'train_step',
+           'rng_state', 'training_state', 'restore_state', 'Distributed', 'SyncedOptimizer', 'RunLog', 'validate',
+           'train', 'final_metrics', 'plot_curves', 'train_parser', 'parse_sets', 'main']
 
 # %% ../nbs/05_training.ipynb #c7867898
 import argparse, copy, csv, json, math, sys, time
@@ -146,8 +146,9 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.optimizer not in ("sgd", "adam"): raise ConfigError(f"optimizer={cfg.optimizer!r}: use 'sgd' or 'adam'")
     if cfg.amp not in (None, "bf16"): raise ConfigError(f"amp={cfg.amp!r}: use None or 'bf16' (fp16 training would need a gradient scaler)")
     if cfg.schedule not in ("scaled", "fixed"): raise ConfigError(f"schedule={cfg.schedule!r}: use 'scaled' or 'fixed'")
-    if min(run_schedule(cfg)["val_every"], cfg.ckpt_every) < 1: raise ConfigError("val_every and ckpt_every must be at least 1")
-    if run_schedule(cfg)["refine_start"] < 0: raise ConfigError(f"refine_start={cfg.refine_start}: must be at least 0")
+    sched = run_schedule(cfg)
+    if min(sched["val_every"], cfg.ckpt_every) < 1: raise ConfigError("val_every and ckpt_every must be at least 1")
+    if sched["refine_start"] < 0: raise ConfigError(f"refine_start={cfg.refine_start}: must be at least 0")
     if not (math.isfinite(cfg.consistency) and cfg.consistency >= 0): raise ConfigError(f"consistency={cfg.consistency}: must be a finite weight ≥ 0")
     if cfg.method == "diffrect_proto": PrototypeConfig(**cfg.proto)          # its own checks
     elif cfg.proto: raise ConfigError(f"proto settings {cfg.proto} only apply to method 'diffrect_proto'")
@@ -233,6 +234,15 @@ def learning_rates(cfg: TrainConfig, iteration: int) -> tuple:
     "`(segmentation lr, rectifier lr)` at `iteration` (0-based)."
     decay = (1 - iteration / cfg.iters) ** 0.9
     return cfg.lr * (decay if cfg.poly else 1.0), cfg.refine_lr * (decay if cfg.refine_poly else 1.0)
+
+# %% ../nbs/05_training.ipynb #fa570030
+def prepare_run(cfg: TrainConfig, n_classes: int, device: torch.device) -> tuple:
+    "`(run, models)`: the config as it runs on `device` (what `fast` turns on there) and its models, the U-Net compiled where `fast` asks."
+    rt = fast_settings(cfg, device)
+    run = replace(cfg, amp=rt["amp"], channels_last=rt["channels_last"])
+    models = build_models(run, n_classes, device)
+    if rt["compile"]: models["seg"].compile()                              # in place: the state_dict keys stay the same
+    return run, models
 
 # %% ../nbs/05_training.ipynb #6b24e6e6
 def train_step(cfg: TrainConfig, models: dict, batch: dict, iteration: int, device: torch.device) -> dict:
@@ -377,10 +387,8 @@ def train(cfg: TrainConfig, out, resume: bool = False, progress: bool = True, st
     out.mkdir(parents=True, exist_ok=True)
     if resume and not (out / "last.pt").exists(): raise ConfigError(f"--resume: {out / 'last.pt'} not found")
     if not resume and (out / "last.pt").exists(): raise ConfigError(f"{out} already holds a run (last.pt); use resume or another folder")
-    data, rt = TrainData(cfg), fast_settings(cfg, device)
-    run = replace(cfg, amp=rt["amp"], channels_last=rt["channels_last"])   # what runs; `cfg` (as given) is what the files record
-    models = build_models(run, N_CLASSES[cfg.dataset], device)
-    if rt["compile"]: models["seg"].compile()                              # in place: the state_dict keys stay the same
+    data = TrainData(cfg)
+    run, models = prepare_run(cfg, N_CLASSES[cfg.dataset], device)         # what runs; `cfg` (as given) is what the files record
     if dist.world > 1:
         torch.manual_seed(cfg.seed + dist.rank)          # the same weights everywhere, a different dropout stream per process
         for k in ("opt_seg", "opt_refine"):
