@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import DataError, default_synthetic_root, machine_description
+from .data import DataError, default_synthetic_root, guard_command, machine_description, positive_int
 from .unet import supervised_loss
 from .metrics import N_CLASSES, amp_context
 from .diffusion import _peak_rss_mb
@@ -326,15 +326,15 @@ def bench_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="diffseg-bench", description="diffseg_edu benchmarks: speed, ACDC accuracy, the demo command, pseudo-label noise.")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("speed", help="time and memory of one training iteration per method, against a supervised step")
-    s.add_argument("--device", default="cpu"); s.add_argument("--img-size", type=int, default=128); s.add_argument("--batch-size", type=int, default=6)
-    s.add_argument("--labeled-bs", type=int, default=3); s.add_argument("--iters", type=int, default=10); s.add_argument("--warmup", type=int, default=3)
+    s.add_argument("--device", default="cpu"); s.add_argument("--img-size", type=positive_int, default=128); s.add_argument("--batch-size", type=positive_int, default=6)
+    s.add_argument("--labeled-bs", type=positive_int, default=3); s.add_argument("--iters", type=positive_int, default=10); s.add_argument("--warmup", type=int, default=3)
     s.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS); s.add_argument("--amp", choices=["bf16"])
     s.add_argument("--fast", action="store_true", help="also time every method in fast mode (diffseg-train --fast), side by side")
     s.add_argument("--channels-last", action="store_true"); s.add_argument("--root", help="ACDC folder (default: the phantom; only shapes matter)")
     s.add_argument("--no-isolate", action="store_true", help="run every method in this process (peak RSS is then cumulative)")
     s.add_argument("--out", default="results/speed")
     a = sub.add_parser("acdc", help="train and evaluate every method on ACDC with the same budget and seeds")
-    a.add_argument("--root", required=True, help="the ACDC folder (SSL4MIS layout)"); a.add_argument("--labeled-patients", type=int, default=3)
+    a.add_argument("--root", required=True, help="the ACDC folder (SSL4MIS layout)"); a.add_argument("--labeled-patients", type=positive_int, default=3)
     a.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS); a.add_argument("--seeds", type=int, nargs="+", default=[1337])
     a.add_argument("--paper", action="store_true", help="the published protocol (256², 30,000 iterations): for a GPU")
     a.add_argument("--fast", action="store_true", default=None, help="train in fast mode (bf16 where the hardware has it, channels_last)")
@@ -387,14 +387,13 @@ def _demo_command(a, command: str) -> int:
     return 0
 
 def main(argv: Sequence = None) -> int:
-    "`diffseg-bench`: run a benchmark, print its table, write its result files; 2 on bad input."
+    "`diffseg-bench`: run a benchmark, print its table, write its result files; 2 on bad input, 130 on Ctrl-C (`guard_command`)."
     argv = list(sys.argv[1:] if argv is None else argv)
     a = bench_parser().parse_args(argv)
-    if a.command == "noise": return noise_command(a)
+    if a.command == "noise": return guard_command("diffseg-bench", noise_command, a)
     commands = {"speed": _speed_command, "acdc": _acdc_command, "demo": _demo_command}
-    try: return commands[a.command](a, "diffseg-bench " + " ".join(argv))
-    except (ConfigError, DataError) as e:
-        print(f"diffseg-bench: error: {e}", file=sys.stderr); return 2
+    resume = (lambda: "finished runs are kept; the same command resumes the others") if a.command == "acdc" else None
+    return guard_command("diffseg-bench", commands[a.command], a, "diffseg-bench " + " ".join(argv), on_interrupt=resume)
 
 if __name__ == "__main__" and "__file__" in globals():   # `python -m diffseg_edu.bench`; a notebook has no __file__
     raise SystemExit(main())

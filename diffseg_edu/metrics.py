@@ -19,12 +19,13 @@ import torch
 import torch.nn as nn
 from scipy import ndimage
 
-from .data import (ACDC_CLASSES, IGNORE_INDEX, MOSXAV_CLASSES, DataError, H5Volumes, MOSXAVFrames,
-                              default_synthetic_root, machine_description, overlay, zoom_nearest)
+from .data import (ACDC_CLASSES, IGNORE_INDEX, MOSXAV_CLASSES, DataError, DiffsegError, H5Volumes, MOSXAVFrames,
+                              default_synthetic_root, device_of, guard_command, machine_description, output_file, overlay,
+                              positive_int, zoom_nearest)
 from .unet import ModelError, UNet, fuse_conv_bn, load_model
 
 # %% ../nbs/02_metrics.ipynb #2cde6327
-class MetricError(ValueError):
+class MetricError(DiffsegError):
     "Masks or arguments a metric cannot be computed from (shape mismatch, wrong dimensionality, unknown policy)."
 
 def _as_bool(x, name: str) -> np.ndarray:
@@ -322,37 +323,38 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="any split with a <split>.list in the root (MOSXAV: train/val/test)")
     p.add_argument("--out", help="write the results as JSON")
     p.add_argument("--img-size", type=int, help="network input size (default: the checkpoint's img_size, else 256)")
-    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass"); p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass"); p.add_argument("--device", default=None)
     p.add_argument("--policy", choices=POLICIES, default="paper"); p.add_argument("--amp", choices=["bf16", "fp16"])
     p.add_argument("--bench", action="store_true", help="time volume inference and the metrics instead of evaluating")
-    p.add_argument("--n-cases", type=int, default=4, help="volumes timed by --bench")
+    p.add_argument("--n-cases", type=positive_int, default=4, help="volumes timed by --bench")
     p.add_argument("--no-fast", dest="fast", action="store_false", help="default layout, batch norm not folded (for comparison)")
     return p
 
 # %% ../nbs/02_metrics.ipynb #1f9a1a03
 def _img_size(a, ckpt: dict) -> tuple:
-    size = a.img_size or ckpt.get("img_size") or 256
-    size = tuple(size) if isinstance(size, (list, tuple)) else (int(size), int(size))
-    if any(s % 16 for s in size): raise MetricError(f"img_size {size} is not divisible by 16 (the U-Net's down-sampling)")
-    return size
+    "The network input: `--img-size`, else the checkpoint's `img_size`, else 256; a bad value is an error, never replaced."
+    given = a.img_size is not None
+    size = a.img_size if given else ckpt.get("img_size", 256)
+    pair = list(size) if isinstance(size, (list, tuple)) else [size, size]
+    if len(pair) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 and s % 16 == 0 for s in pair):
+        where = "--img-size" if given else f"{a.ckpt}: img_size"
+        raise MetricError(f"{where} {size!r}: expected a positive multiple of 16 (the U-Net's down-sampling), or [height, width] of them")
+    return tuple(pair)
 
 def main(argv: Sequence = None) -> int:
-    "The `diffseg-eval` command; bad input exits with status 2 and a message naming the problem."
-    a = eval_parser().parse_args(argv)
-    try:
-        return _eval(a)
-    except (DataError, ModelError, MetricError) as e:
-        print(f"diffseg-eval: error: {e}", file=sys.stderr); return 2
+    "The `diffseg-eval` command; bad input exits with status 2 and a message naming the problem (`guard_command`)."
+    return guard_command("diffseg-eval", _eval, eval_parser().parse_args(argv))
 
 # %% ../nbs/02_metrics.ipynb #16c0c2b4
 def _eval(a) -> int:
     "Carry out one parsed `diffseg-eval` command."
     if a.ckpt is None and not a.bench: raise ModelError("--ckpt is required (unless --bench)")
+    if a.out: output_file(a.out)                                 # a bad --out fails before the evaluation, not after it
+    device = device_of(a.device) if a.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = a.root or (default_synthetic_root() if a.dataset == "synthetic" else None)
     if root is None: raise DataError(f"--root is required for --dataset {a.dataset}")
     model, ckpt = load_model(a.ckpt) if a.ckpt else (UNet(n_classes=N_CLASSES[a.dataset]), {})
     size, cases, n_classes = _img_size(a, ckpt), eval_cases(a.dataset, root, a.split), N_CLASSES[a.dataset]
-    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if a.bench:
         results = [benchmark_inference(cases, model, size, a.batch_size, a.amp, a.fast, device, a.n_cases), benchmark_metrics(cases, n_classes, a.n_cases)]
         for r in results: print(json.dumps(r))

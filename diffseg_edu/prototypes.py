@@ -20,12 +20,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .data import IGNORE_INDEX, DataError, H5Slices, H5Volumes, default_synthetic_root, machine_description, zoom_nearest
+from .data import IGNORE_INDEX, DataError, DiffsegError, H5Slices, H5Volumes, default_synthetic_root, machine_description, zoom_nearest
 from .diffusion import RefineNet, calibration_guidance, consistency_weight, rectify, stage_weak_to_gt
 from .metrics import dice
 
 # %% ../nbs/04_prototypes.ipynb #cff7bc38
-class PrototypeError(ValueError):
+class PrototypeError(DiffsegError):
     "A bad prototype setting or input: the message names the value and the problem."
 
 def soft_masks(labels: torch.Tensor, n_classes: int, size: Sequence, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -360,14 +360,11 @@ def add_noise_command(sub) -> argparse.ArgumentParser:
     return n
 
 def noise_command(a: argparse.Namespace) -> int:
-    "`diffseg-bench noise`: run the study from parsed arguments and write its result files; 2 on bad input."
-    try:
-        if a.dataset == "acdc" and not a.root: raise DataError("--dataset acdc needs --root (the ACDC folder)")
-        cfg = NoiseStudyConfig(dataset=a.dataset, root=a.root, levels=tuple(a.levels), seeds=tuple(a.seeds), steps=a.steps, img_size=a.img_size,
-                               batch_size=a.batch_size, lr=a.lr, beta=a.beta, n_eval=a.n_eval, workers=a.workers)
-        result = noise_study(cfg)
-    except (DataError, PrototypeError) as e:
-        print(f"diffseg-bench: error: {e}", file=sys.stderr); return 2
+    "`diffseg-bench noise`: run the study from parsed arguments and write its result files (errors: `guard_command` in `main`)."
+    if a.dataset == "acdc" and not a.root: raise DataError("--dataset acdc needs --root (the ACDC folder)")
+    cfg = NoiseStudyConfig(dataset=a.dataset, root=a.root, levels=tuple(a.levels), seeds=tuple(a.seeds), steps=a.steps, img_size=a.img_size,
+                           batch_size=a.batch_size, lr=a.lr, beta=a.beta, n_eval=a.n_eval, workers=a.workers)
+    result = noise_study(cfg)
     out = write_study(result, a.out)
     print(study_table(result)); print(f"\n{len(result['runs'])} runs in {result['wall_s']:.0f} s; wrote {out}/noise.json, noise.md, noise.png")
     return 0

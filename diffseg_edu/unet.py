@@ -5,10 +5,11 @@
 # %% auto #0
 __all__ = ['MODELS', 'ConvBlock', 'n_params', 'DownBlock', 'UpBlock', 'official_keys', 'Encoder', 'Decoder', 'check_input_size',
            'UNet', 'stage_table', 'receptive_field', 'fuse_conv_bn', 'ModelError', 'model_spec', 'build_model',
-           'save_checkpoint', 'read_checkpoint', 'load_model', 'dice_loss', 'supervised_loss', 'fit_supervised']
+           'previous_of', 'save_checkpoint', 'read_checkpoint', 'load_model', 'dice_loss', 'supervised_loss',
+           'fit_supervised']
 
 # %% ../nbs/01_unet.ipynb #c981225c
-import copy, os, re
+import copy, errno, os, re, shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .data import IGNORE_INDEX, SemiSupervisedSlices
+from .data import IGNORE_INDEX, DiffsegError, SemiSupervisedSlices
 
 # %% ../nbs/01_unet.ipynb #26dfad53
 class ConvBlock(nn.Module):
@@ -162,7 +163,7 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
     return fused
 
 # %% ../nbs/01_unet.ipynb #3bb5b35a
-class ModelError(ValueError):
+class ModelError(DiffsegError):
     "A checkpoint or model specification that cannot be used (missing file, unknown model, mismatched weights)."
 
 MODELS = {"unet": UNet}
@@ -177,17 +178,39 @@ def build_model(spec: dict) -> nn.Module:
     "A fresh model from a spec `{'name', 'kwargs'}`."
     if spec.get("name") not in MODELS: raise ModelError(f"unknown model {spec.get('name')!r} (known: {sorted(MODELS)})")
     try: return MODELS[spec["name"]](**spec.get("kwargs", {}))
-    except TypeError as e: raise ModelError(f"model {spec['name']!r}: bad arguments {spec.get('kwargs')}: {e}") from None
+    except (TypeError, ValueError, RuntimeError) as e:          # e.g. a crafted file with n_classes=-1
+        raise ModelError(f"model {spec['name']!r}: bad arguments {spec.get('kwargs')}: {str(e).splitlines()[0]}") from None
 
 # %% ../nbs/01_unet.ipynb #5dc308a1
-def save_checkpoint(path, model: nn.Module, **extra) -> Path:
-    "Write `{'model': spec, 'state_dict': …, **extra}` to `path` atomically (temporary file, then rename)."
+def previous_of(path) -> Path:
+    "Where `save_checkpoint(..., keep_previous=True)` keeps the file it replaces: `last.pt` → `last.prev.pt`."
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+def save_checkpoint(path, model: nn.Module, keep_previous: bool = False, **extra) -> Path:
+    """Write `{'model': spec, 'state_dict': …, **extra}` to `path` atomically (temporary file, then rename);
+    `keep_previous=True` keeps the file it replaces as `previous_of(path)`. A failed write (a full disk) removes the temporary file,
+    leaves `path` as it was and raises an `OSError` naming `path`."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"model": model_spec(model), "state_dict": model.state_dict(), **extra}, f)
-        f.flush(); os.fsync(f.fileno())      # on disk before the rename makes it visible
-    tmp.replace(path)
+    payload = {"model": model_spec(model), "state_dict": model.state_dict(), **extra}
+    prev = previous_of(path); staged = prev.with_name(prev.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush(); os.fsync(f.fileno())      # on disk before the rename makes it visible
+        if keep_previous and path.exists():
+            staged.unlink(missing_ok=True)
+            try: os.link(path, staged)           # a second name for the old file: no copy, and `path` never disappears
+            except OSError: shutil.copyfile(path, staged)
+            staged.replace(prev)
+        tmp.replace(path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True); staged.unlink(missing_ok=True)
+        if not isinstance(e, (OSError, RuntimeError)): raise   # (torch.save reports a failed write as a RuntimeError)
+        free = shutil.disk_usage(path.parent).free
+        raise OSError(errno.ENOSPC if free < 2**20 else errno.EIO, f"the checkpoint could not be written ({free / 2**20:.1f} MiB free "
+                      f"on its disk): {str(e).splitlines()[0]}", str(path)) from None
     return path
 
 def read_checkpoint(path) -> dict:

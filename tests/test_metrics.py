@@ -129,7 +129,7 @@ def test_diffseg_eval_round_trip(checkpoint, synthetic_root, tmp_path, capsys):
     (["--ckpt", "{tmp}/missing.pt"], "checkpoint not found"),
     (["--ckpt", "{ckpt3}"], "predicts 3 classes but synthetic has 4"),
     (["--ckpt", "{ckpt}", "--split", "nosuch"], "nosuch.list: no such split list"),
-    (["--ckpt", "{ckpt}", "--img-size", "100"], "not divisible by 16"),
+    (["--ckpt", "{ckpt}", "--img-size", "100"], "--img-size 100: expected a positive multiple of 16"),
     ([], "--ckpt is required"),
 ])
 def test_diffseg_eval_bad_input(argv, message, checkpoint, synthetic_root, tmp_path, capsys):

@@ -84,3 +84,21 @@ def test_a_forward_after_an_optimiser_step_sees_the_new_weights_under_autocast()
         after = m(x)
     with torch.autocast("cpu", dtype=torch.bfloat16): fresh = m(x)
     assert torch.equal(after, fresh)            # with a plain opt.step() `after` would still use the old bf16 weights
+
+
+OTHER = {"rect_ramp": True, "refine_lr": 0.5, "refine_poly": True, "refine_start": 1, "guidance": "per_sample",
+         "rectify_train_mode": False, "consistency": 0.7, "uncertain": "ignore"}
+
+@pytest.mark.parametrize("method", ["supervised", "fixmatch"])
+def test_settings_a_baseline_never_reads(synthetic_root, tmp_path, method):
+    "Changing every setting in UNREAD[method] leaves the run bit for bit the same, and same_config calls it the same run."
+    from dataclasses import replace
+    from diffseg_edu.train import UNREAD, same_config, read_checkpoint
+    base = make_config("smoke", method=method, root=str(synthetic_root), iters=4)
+    other = replace(base, **{k: OTHER[k] for k in UNREAD[method]})
+    for cfg, name in ((base, "a"), (other, "b")): train(cfg, tmp_path / name, progress=False)
+    assert (tmp_path / "a" / "log.csv").read_text() == (tmp_path / "b" / "log.csv").read_text()
+    a, b = read_checkpoint(tmp_path / "a" / "last.pt"), read_checkpoint(tmp_path / "b" / "last.pt")
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert same_config(json.loads((tmp_path / "a" / "config.json").read_text()), other)
+    assert not same_config(json.loads((tmp_path / "a" / "config.json").read_text()), replace(base, lr=0.5))
