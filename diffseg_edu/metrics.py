@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from scipy import ndimage
 
-from .data import (ACDC_CLASSES, IGNORE_INDEX, MOSXAV_CLASSES, DataError, DiffsegError, H5Volumes, MOSXAVFrames,
+from .data import (ACDC_CLASSES, DATASETS, IGNORE_INDEX, MOSXAV_CLASSES, DataError, DiffsegError, H5Volumes, MOSXAVFrames, dataset_spec,
                               default_synthetic_root, device_of, guard_command, machine_description, output_file, overlay,
                               positive_int, zoom_nearest)
 from .unet import ModelError, UNet, fuse_conv_bn, load_model
@@ -302,24 +302,18 @@ def benchmark_metrics(cases, n_classes: int, n_cases: int = 4, shift: int = 2, w
     return out
 
 # %% ../nbs/02_metrics.ipynb #189c5493
-N_CLASSES = {"acdc": len(ACDC_CLASSES), "synthetic": len(ACDC_CLASSES), "mosxav": len(MOSXAV_CLASSES)}
+N_CLASSES = {name: spec.n_classes for name, spec in DATASETS.items()}
 
 def eval_cases(dataset: str, root, split: str):
-    "Labelled evaluation cases of `split`: 3-D volumes (ACDC, phantom) or annotated 2-D frames (MOSXAV)."
-    if dataset == "mosxav":
-        frames = MOSXAVFrames(root, split)
-        idx = [i for i, h in enumerate(frames.has_label) if h]
-        if not idx: raise DataError(f"{root}: MOSXAV split {split!r} has no annotated frames")
-        return [frames.read(i) for i in idx]
-    if dataset not in ("acdc", "synthetic"): raise DataError(f"unknown data set {dataset!r} (acdc, synthetic, mosxav)")
-    return H5Volumes(root, split)
+    "Labelled evaluation cases of `split`: 3-D volumes (ACDC, phantom) or annotated 2-D frames (MOSXAV layout); see `DatasetSpec`."
+    return dataset_spec(dataset).eval_cases(root, split)
 
 def eval_parser() -> argparse.ArgumentParser:
     "Argument parser of `diffseg-eval`."
     p = argparse.ArgumentParser(prog="diffseg-eval", description="Evaluate a segmentation checkpoint with the paper protocol (or time evaluation with --bench).")
     p.add_argument("--ckpt", help="checkpoint (.pt) written by diffseg-train or save_checkpoint; optional with --bench")
     p.add_argument("--dataset", choices=sorted(N_CLASSES), default="synthetic")
-    p.add_argument("--root", help="data set root (synthetic: default the cached phantom)")
+    p.add_argument("--root", help="data set root (synthetic, xa-synthetic: default the cached phantom)")
     p.add_argument("--split", default="val", help="any split with a <split>.list in the root (MOSXAV: train/val/test)")
     p.add_argument("--out", help="write the results as JSON")
     p.add_argument("--img-size", type=int, help="network input size (default: the checkpoint's img_size, else 256)")
@@ -351,8 +345,8 @@ def _eval(a) -> int:
     if a.ckpt is None and not a.bench: raise ModelError("--ckpt is required (unless --bench)")
     if a.out: output_file(a.out)                                 # a bad --out fails before the evaluation, not after it
     device = device_of(a.device) if a.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    root = a.root or (default_synthetic_root() if a.dataset == "synthetic" else None)
-    if root is None: raise DataError(f"--root is required for --dataset {a.dataset}")
+    spec = dataset_spec(a.dataset)
+    root = spec.root(a.root, f"--dataset {a.dataset}")
     model, ckpt = load_model(a.ckpt) if a.ckpt else (UNet(n_classes=N_CLASSES[a.dataset]), {})
     size, cases, n_classes = _img_size(a, ckpt), eval_cases(a.dataset, root, a.split), N_CLASSES[a.dataset]
     if a.bench:
@@ -362,7 +356,7 @@ def _eval(a) -> int:
         return 0
     if getattr(model, "n_classes", n_classes) != n_classes:
         raise ModelError(f"{a.ckpt}: the checkpoint predicts {model.n_classes} classes but {a.dataset} has {n_classes}")
-    names = ACDC_CLASSES if a.dataset != "mosxav" else MOSXAV_CLASSES
+    names = spec.classes
     ev = evaluate(model, cases, n_classes, size, a.batch_size, a.policy, amp=a.amp, device=device, class_names=names, fast=a.fast)
     print(f"{a.ckpt} on {a.dataset}/{a.split} ({len(cases)} cases, input {size[0]}×{size[1]}, {device})")
     print(ev.table()); print(ev.summary())

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .data import (DataError, DiffsegError, H5Slices, H5Volumes, SemiSupervisedSlices, TwoStreamBatchSampler, WeakStrongAugment,
+from .data import (DATASETS, DataError, DiffsegError, H5Slices, H5Volumes, SemiSupervisedSlices, TwoStreamBatchSampler, WeakStrongAugment,
                               AugmentConfig, default_synthetic_root, device_of, folder_lock, FolderBusy, guard_command, machine_description,
                               split_by_group)
 from .unet import ModelError, UNet, load_model, previous_of, read_checkpoint, save_checkpoint, supervised_loss
@@ -38,8 +38,8 @@ class ConfigError(DiffsegError):
 class TrainConfig:
     "Everything a run needs; the defaults are the official DiffRect protocol on ACDC (the `paper` preset)."
     method: str = "diffrect"             # one of METHODS
-    dataset: str = "acdc"                # 'acdc' or 'synthetic' (SSL4MIS layout)
-    root: str = None                     # data folder; None with 'synthetic' = the phantom in the data cache
+    dataset: str = "acdc"                # a name in DATASETS: 'acdc', 'synthetic' (SSL4MIS layout), 'mosxav', 'xa-synthetic' (frames)
+    root: str = None                     # data folder; None with a phantom ('synthetic', 'xa-synthetic') = the one in the data cache
     labeled_patients: int = 3            # the first N patients of train_slices.list are labelled (official split)
     img_size: int = 256
     iters: int = 30000
@@ -80,7 +80,7 @@ def _at_least(n): return (lambda v: v >= n), f"at least {n}"
 def _one_of(*choices): return (lambda v: v in choices), f"one of {choices}"
 
 SETTING_RULES = {       # name: (test, what the value must be); the type comes from the TrainConfig annotation
-    "method": _one_of(*METHODS), "dataset": _one_of("acdc", "synthetic"), "optimizer": _one_of("sgd", "adam"),
+    "method": _one_of(*METHODS), "dataset": _one_of(*DATASETS), "optimizer": _one_of("sgd", "adam"),
     "schedule": _one_of("scaled", "fixed"), "amp": _one_of("bf16"), "guidance": _one_of("official", "per_sample"),
     "uncertain": _one_of("background", "ignore"),
     "img_size": ((lambda v: v > 0 and v % 16 == 0), "a positive multiple of 16 (the U-Net pools four times)"),
@@ -172,7 +172,7 @@ def same_config(stored: dict, cfg: TrainConfig) -> bool:
 def check_config(cfg: TrainConfig) -> TrainConfig:
     "Raise `ConfigError` for settings that cannot work together (each one alone was checked when `cfg` was made); returns `cfg`."
     check_settings(cfg)                                                     # again: a dataclass's fields can be reassigned after creation
-    if cfg.dataset == "acdc" and not cfg.root: raise ConfigError("dataset 'acdc' needs root (the ACDC folder)")
+    if DATASETS[cfg.dataset].default_root is None and not cfg.root: raise ConfigError(f"dataset {cfg.dataset!r} needs root (its folder)")
     if cfg.labeled_bs > cfg.batch_size: raise ConfigError(f"labeled_bs={cfg.labeled_bs}: must be in 1..batch_size={cfg.batch_size}")
     if cfg.method != "supervised" and cfg.labeled_bs == cfg.batch_size:
         raise ConfigError(f"method {cfg.method!r} needs unlabelled rows: labeled_bs={cfg.labeled_bs} equals batch_size")
@@ -197,17 +197,18 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 def data_root(cfg: TrainConfig) -> Path:
-    return Path(cfg.root) if cfg.root else default_synthetic_root()
+    "The data folder of a run: `cfg.root`, or the data set's embedded phantom."
+    return DATASETS[cfg.dataset].root(cfg.root, f"dataset {cfg.dataset!r}")
 
 class TrainData:
     "Training slices, the labelled/unlabelled split, the sampler and the validation volumes of a config."
     def __init__(self, cfg: TrainConfig):
-        root = data_root(cfg)
-        self.cases = H5Slices(root, "train_slices")
-        self.labeled_idx, self.unlabeled_idx = split_by_group(self.cases.names, cfg.labeled_patients)
+        root, spec = data_root(cfg), DATASETS[cfg.dataset]
+        self.cases = spec.train_cases(root)
+        self.labeled_idx, self.unlabeled_idx = spec.labelled_split(self.cases, cfg.labeled_patients)
         self.sampler = TwoStreamBatchSampler(self.labeled_idx, self.unlabeled_idx, cfg.batch_size, cfg.labeled_bs, cfg.seed)
         self.slices = SemiSupervisedSlices(self.cases, self.labeled_idx, (cfg.img_size, cfg.img_size))
-        self.val = H5Volumes(root, "val")
+        self.val = spec.eval_cases(root, "val")                          # volumes, or annotated frames
         self.val_idx = list(range(len(self.val) if cfg.n_val is None else min(cfg.n_val, len(self.val))))
         self.augment, self.seed = WeakStrongAugment(augment_config(cfg)), cfg.seed
     def batch(self, b: int, device: torch.device, channels_last: bool = False) -> dict:
@@ -221,7 +222,7 @@ class TrainData:
             for k in ("image_weak", "image_strong"): out[k] = out[k].contiguous(memory_format=torch.channels_last)
         return out
     def val_cases(self) -> list:
-        return [self.val.read(i) for i in self.val_idx]
+        return [self.val[i] for i in self.val_idx]
 
 # %% ../nbs/05_training.ipynb #fa570002
 def bf16_native(device: torch.device) -> bool:
@@ -503,13 +504,15 @@ def _train(cfg: TrainConfig, out: Path, dist: Distributed, resume: bool, progres
 # %% ../nbs/05_training.ipynb #26a958c9
 def final_metrics(cfg: TrainConfig, out: Path, device: torch.device) -> dict:
     """Full metrics of `out/best.pt` on `val` and `test` (where listed); written to `out/metrics.json`.
-    When model selection used only the first `n_val` validation volumes, `val_heldout` scores the others: cases no choice of the run saw."""
+    Cases are volumes, or annotated frames for the MOSXAV layout. When model selection used only the first `n_val` validation cases, `val_heldout` scores the others: cases no choice of the run saw."""
     model, ckpt = load_model(out / "best.pt", map_location=device)
-    root, res = data_root(cfg), {"best_iteration": ckpt.get("iteration"), "machine": machine_description()}
+    root, spec = data_root(cfg), DATASETS[cfg.dataset]
+    res = {"best_iteration": ckpt.get("iteration"), "machine": machine_description()}
     for split in ("val", "test"):
-        if not (root / f"{split}.list").exists(): continue
-        cases = H5Volumes(root, split)
-        ev = evaluate(model, [cases.read(i) for i in range(len(cases))], model.n_classes, patch_size=(cfg.img_size, cfg.img_size), device=device)
+        if not spec.has_split(root, split): continue
+        cases = spec.eval_cases(root, split)
+        ev = evaluate(model, [cases[i] for i in range(len(cases))], model.n_classes, patch_size=(cfg.img_size, cfg.img_size), device=device,
+                      class_names=spec.classes)
         res[split] = ev.to_dict()
         if split == "val" and cfg.n_val is not None and cfg.n_val < len(cases):
             res["val_heldout"] = replace(ev, names=ev.names[cfg.n_val:], values=ev.values[cfg.n_val:], predictions=None).to_dict()
@@ -535,7 +538,7 @@ def _tensorboard(out: Path):
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="diffseg-train", description="Train a semi-supervised segmentation method (diffseg_edu).")
     p.add_argument("--preset", choices=sorted(PRESETS), help="smoke | demo | cpu | paper (default: the paper protocol's settings)")
-    p.add_argument("--method", choices=METHODS); p.add_argument("--dataset", choices=["acdc", "synthetic"]); p.add_argument("--root")
+    p.add_argument("--method", choices=METHODS); p.add_argument("--dataset", choices=sorted(DATASETS)); p.add_argument("--root")
     p.add_argument("--out", required=True, help="run folder")
     for name, typ in (("labeled_patients", int), ("iters", int), ("img_size", int), ("batch_size", int), ("labeled_bs", int), ("seed", int),
                       ("val_every", int), ("ckpt_every", int), ("n_val", int), ("lr", float), ("refine_lr", float), ("refine_start", int)):
