@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import DataError, default_synthetic_root, guard_command, machine_description, positive_int
+from .data import DATASETS, DataError, default_synthetic_root, guard_command, machine_description, positive_int
 from .unet import supervised_loss
 from .metrics import N_CLASSES, amp_context
 from .diffusion import _peak_rss_mb
@@ -240,7 +240,8 @@ PUBLISHED = ({"method": "DiffRect", "dataset": "ACDC", "labeled_patients": 1, "s
               "source": "Liu, Li, Yuan, MICCAI 2024, abstract (arXiv 2407.09918)"},)
 
 # %% ../nbs/06_benchmark.ipynb #913dc37d
-DEMO_GOALS = {"wall_s": 180.0, "val_dice": 0.85}       # the demo preset's promise (issue 6): ≤ 3 minutes, validation Dice ≥ 0.85
+DEMO_GOALS = {"demo": {"wall_s": 180.0, "val_dice": 0.85},      # each demo preset's promise: ≤ 3 minutes, and a validation Dice
+              "demo-xa": {"wall_s": 180.0, "val_dice": 0.40}}  # thin vessels and catheters at 96² in 160 iterations: a lower bar
 
 def run_command(cmd: Sequence) -> dict:
     "Run `cmd` to its end: `{rc, wall_s, peak_rss_mb, output}`; the peak memory is the child's own (None where the OS has no `wait4`)."
@@ -262,14 +263,14 @@ def demo_benchmark(seeds: Sequence = (0,), preset: str = "demo", out="results/de
     "Time `diffseg-train --preset P --seed S` per (variant, seed) in child processes; settings, machine, per-run records and summary."
     unknown = [v for v in variants if v not in DEMO_VARIANTS]
     if unknown: raise ConfigError(f"unknown variant(s) {unknown} (choose from {sorted(DEMO_VARIANTS)})")
-    base = check_config(make_config(preset))
+    base, goals = check_config(make_config(preset)), DEMO_GOALS.get(preset, DEMO_GOALS["demo"])
     runs = Path(out) / "runs"
     jobs = [(v, s, runs / f"{v}_s{s}") for v in variants for s in seeds]
     for _, _, folder in jobs:                                  # refuse before the first run starts, not halfway through
         if folder.exists() and not overwrite: raise ConfigError(f"{folder} exists: a timing needs a fresh run (remove it, or overwrite)")
     t0, phantom_s = time.perf_counter(), None
-    if base.dataset == "synthetic" and not base.root:
-        default_synthetic_root(); phantom_s = time.perf_counter() - t0
+    if not base.root and DATASETS[base.dataset].default_root is not None:     # the embedded phantom, written once before the timings
+        DATASETS[base.dataset].default_root(); phantom_s = time.perf_counter() - t0
     records = []
     for variant, seed, folder in jobs:
         if folder.exists(): shutil.rmtree(folder)
@@ -285,11 +286,11 @@ def demo_benchmark(seeds: Sequence = (0,), preset: str = "demo", out="results/de
         print(f"{variant} seed {seed}: " + (f"val Dice {rec['splits']['val']['dice']:.4f}" if r["rc"] == 0 else f"failed (exit {r['rc']})")
               + f", {r['wall_s']:.0f} s", file=sys.stderr)
     return {"what": "demo", "settings": {"preset": preset, "seeds": list(seeds), "variants": {v: DEMO_VARIANTS[v] for v in variants},
-            "config": {k: v for k, v in asdict(base).items() if k not in ("root", "seed")}, "goals": DEMO_GOALS},
+            "config": {k: v for k, v in asdict(base).items() if k not in ("root", "seed")}, "goals": goals},
             "machine": machine_description(), "phantom_s": phantom_s, "wall_s": time.perf_counter() - t0, "records": records,
-            "summary": summarise_demo(records)}
+            "summary": summarise_demo(records, goals)}
 
-def summarise_demo(records: list) -> list:
+def summarise_demo(records: list, goals: dict = DEMO_GOALS["demo"]) -> list:
     "Per variant: runs, failures, mean/min/max wall time, peak memory, val/test Dice mean and std, runs meeting each goal."
     out = []
     for v in dict.fromkeys(r["variant"] for r in records):
@@ -298,9 +299,9 @@ def summarise_demo(records: list) -> list:
         peaks = [r["peak_rss_mb"] for r in rs if r["peak_rss_mb"] is not None]
         out.append({"variant": v, "n": len(rs), "failed": len(rs) - len(ok), "wall_s": [float(wall.mean()), float(wall.min()), float(wall.max())],
                     "peak_rss_mb": max(peaks) if peaks else None, "val_dice": mean_std(dice["val"]), "test_dice": mean_std(dice["test"]),
-                    "met_time": sum(r["wall_s"] <= DEMO_GOALS["wall_s"] for r in ok),     # a failed run meets nothing
-                    "met_dice": sum(r["splits"]["val"]["dice"] >= DEMO_GOALS["val_dice"] for r in ok),
-                    "met_both": sum(r["wall_s"] <= DEMO_GOALS["wall_s"] and r["splits"]["val"]["dice"] >= DEMO_GOALS["val_dice"] for r in ok)})
+                    "met_time": sum(r["wall_s"] <= goals["wall_s"] for r in ok),     # a failed run meets nothing
+                    "met_dice": sum(r["splits"]["val"]["dice"] >= goals["val_dice"] for r in ok),
+                    "met_both": sum(r["wall_s"] <= goals["wall_s"] and r["splits"]["val"]["dice"] >= goals["val_dice"] for r in ok)})
     return out
 
 def demo_table(result: dict) -> str:

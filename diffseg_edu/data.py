@@ -367,11 +367,11 @@ class TwoStreamBatchSampler(Sampler):
         self.batch_size, self.labeled_bs, self.seed = batch_size, labeled_bs, seed
         self.unlabeled_bs = batch_size - labeled_bs
         if not 1 <= labeled_bs <= batch_size:
-            raise ValueError(f"labeled_bs={labeled_bs} must be in 1..batch_size={batch_size}")
+            raise DataError(f"labeled_bs={labeled_bs} must be in 1..batch_size={batch_size}")
         if len(self.labeled_idx) < labeled_bs:
-            raise ValueError(f"{len(self.labeled_idx)} labelled samples cannot fill labeled_bs={labeled_bs}")
+            raise DataError(f"{len(self.labeled_idx)} labelled samples cannot fill labeled_bs={labeled_bs}: label more patients or sequences")
         if self.unlabeled_bs and not self.unlabeled_idx:
-            raise ValueError(f"batch_size - labeled_bs = {self.unlabeled_bs} unlabelled rows, but there are no unlabelled samples")
+            raise DataError(f"batch_size - labeled_bs = {self.unlabeled_bs} unlabelled rows, but there are no unlabelled samples")
         self.iteration, self._perms = 0, {}
 
     def __len__(self) -> int: return len(self.labeled_idx) // self.labeled_bs
@@ -586,6 +586,11 @@ class MOSXAVFrames(Dataset):
             raise DataError(f"{listing}: the list is empty")
         twice = sorted({s for s in seqs if seqs.count(s) > 1})
         if twice: raise DataError(f"{listing}: sequence(s) {twice} listed more than once")
+        for other in ("train", "val"):                            # a video in two splits would leak into model selection
+            lst = base / "ImageSets" / f"{other}.txt"
+            if other == split or split == "test" or not lst.is_file(): continue
+            shared = sorted(set(seqs) & {s.strip() for s in lst.read_text().splitlines() if s.strip()})
+            if shared: raise DataError(f"{listing}: sequence(s) {shared} are also listed in {lst}; a video belongs to one split")
         self.paths = [f for seq in seqs for f in _sequence_frames(base, seq, listing)]
         self.names = [f"{f.parent.name}/{f.stem}" for f in self.paths]
         masks = [base / "Annotations_Semantic" / f.parent.name / f"{f.stem}.png" for f in self.paths]
@@ -597,9 +602,12 @@ class MOSXAVFrames(Dataset):
         "Frame `i` as `{image (H, W) in [0, 1], label, name}`; asking for the label of an unannotated frame is an error."
         from PIL import Image
         try:
-            with Image.open(self.paths[i]) as im: image = np.asarray(im.convert("L"), dtype=np.float32) / 255
+            with Image.open(self.paths[i]) as im: mode, pixels = im.mode, np.asarray(im.convert("RGB") if im.mode != "L" else im)
         except OSError as e:
             raise DataError(f"{self.paths[i]}: cannot read the frame: {e}") from None
+        if pixels.ndim == 3 and not ((pixels == pixels[..., :1]).all()):  # grey stored as RGB is fine; colour is not an angiogram
+            raise DataError(f"{self.paths[i]}: a colour ({mode}) frame; MOSXAV frames are grayscale (1 channel)")
+        image = (pixels if pixels.ndim == 2 else pixels[..., 0]).astype(np.float32) / 255
         out = {"image": image, "name": self.names[i]}
         if with_label:
             if self.masks[i] is None:
@@ -688,9 +696,9 @@ def draw_xa_sequence(rng: np.random.Generator, size: int = 128) -> XASequence:
     entry = np.array([1.05, U(0.5, 0.9)]) * size
     guide = _curve(entry, (entry + ostium) / 2 + rng.normal(0, 0.12 * size, 2), ostium, 2 * size)
     def crossing(a, b): return _curve(a, (a + b) / 2 + rng.normal(0, 0.2 * size, 2), b, 2 * size)
-    wire = crossing(np.array([-0.05, U(0, 1)]) * size, np.array([1.05, U(0, 1)]) * size) if rng.random() < 0.5 else None
+    wire = crossing(np.array([-0.05, U(0, 1)]) * size, np.array([1.05, U(0, 1)]) * size) if rng.random() < 0.8 else None
     balloon = None
-    if rng.random() < 0.5:
+    if rng.random() < 0.75:
         v = int(rng.integers(0, len(tree))); n = len(tree[v]); i = int(rng.integers(n // 5, max(n // 5 + 1, n - int(12 * s))))
         balloon = (v, i, min(n - 1, i + int(U(8, 14) * s)))
     other = crossing(np.array([U(0, 1), -0.05]) * size, np.array([U(0, 1), 1.05]) * size) if rng.random() < 0.5 else None
@@ -958,6 +966,7 @@ class DatasetSpec:
     layout: str                       # 'ssl4mis': h5 slices to train on, h5 volumes to evaluate; 'mosxav': sequences of 2-D frames
     in_channels: int = 1
     default_root: Callable = None     # writes the embedded phantom on first use; None: the data set needs a root
+    policy: str = "paper"             # empty-mask policy of the metrics: 'paper' (volumes) or 'nan' (frames: a class absent from both is skipped)
     @property
     def n_classes(self) -> int: return len(self.classes)
     def root(self, root, name: str = "this data set") -> Path:
@@ -985,8 +994,8 @@ class DatasetSpec:
 
 DATASETS = {"acdc": DatasetSpec(ACDC_CLASSES, "ssl4mis"),
             "synthetic": DatasetSpec(ACDC_CLASSES, "ssl4mis", default_root=default_synthetic_root),
-            "mosxav": DatasetSpec(MOSXAV_CLASSES, "mosxav"),
-            "xa-synthetic": DatasetSpec(MOSXAV_CLASSES, "mosxav", default_root=default_xa_root)}
+            "mosxav": DatasetSpec(MOSXAV_CLASSES, "mosxav", policy="nan"),
+            "xa-synthetic": DatasetSpec(MOSXAV_CLASSES, "mosxav", default_root=default_xa_root, policy="nan")}
 
 def dataset_spec(name: str) -> DatasetSpec:
     if name not in DATASETS: raise DataError(f"unknown data set {name!r} (choose from {sorted(DATASETS)})")

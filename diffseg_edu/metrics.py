@@ -172,8 +172,8 @@ class Evaluation:
         col = lambda v: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
         return {m: [col(v) for v in self.values[:, :, j].T] for j, m in enumerate(self.metrics)}
     def mean(self) -> dict:
-        "`{metric: mean over classes of the per-class means}` (the paper's order of averaging)."
-        return {m: float(np.mean(v)) for m, v in self.per_class().items()}
+        "`{metric: mean over classes of the per-class means}` (the paper's order of averaging); a class never scored (NaN) is left out."
+        return {m: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for m, v in self.per_class().items()}
     def n_left_out(self) -> dict:
         "`{metric: [cases with a NaN value, per class]}` (always zero under the `paper` policy)."
         return {m: np.isnan(self.values[:, :, j]).sum(0).tolist() for j, m in enumerate(self.metrics)}
@@ -318,7 +318,7 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the results as JSON")
     p.add_argument("--img-size", type=int, help="network input size (default: the checkpoint's img_size, else 256)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass"); p.add_argument("--device", default=None)
-    p.add_argument("--policy", choices=POLICIES, default="paper"); p.add_argument("--amp", choices=["bf16", "fp16"])
+    p.add_argument("--policy", choices=POLICIES, help="empty-mask policy (default: the data set's: paper for volumes, nan for frames)"); p.add_argument("--amp", choices=["bf16", "fp16"])
     p.add_argument("--bench", action="store_true", help="time volume inference and the metrics instead of evaluating")
     p.add_argument("--n-cases", type=positive_int, default=4, help="volumes timed by --bench")
     p.add_argument("--no-fast", dest="fast", action="store_false", help="default layout, batch norm not folded (for comparison)")
@@ -357,7 +357,7 @@ def _eval(a) -> int:
     if getattr(model, "n_classes", n_classes) != n_classes:
         raise ModelError(f"{a.ckpt}: the checkpoint predicts {model.n_classes} classes but {a.dataset} has {n_classes}")
     names = spec.classes
-    ev = evaluate(model, cases, n_classes, size, a.batch_size, a.policy, amp=a.amp, device=device, class_names=names, fast=a.fast)
+    ev = evaluate(model, cases, n_classes, size, a.batch_size, a.policy or spec.policy, amp=a.amp, device=device, class_names=names, fast=a.fast)
     print(f"{a.ckpt} on {a.dataset}/{a.split} ({len(cases)} cases, input {size[0]}×{size[1]}, {device})")
     print(ev.table()); print(ev.summary())
     if a.out:

@@ -113,6 +113,9 @@ PRESETS = {
                  augment=dict(p_flip=0.0, p_rotate=0.0), schedule="fixed"),
     "cpu": dict(dataset="acdc", labeled_patients=3, img_size=128, iters=1200, val_every=60, ckpt_every=50, refine_start=100, n_val=10,
                 optimizer="adam", lr=2e-3, refine_lr=1e-3, consistency=1.0, uncertain="ignore", rect_ramp=True, fast=True),
+    "demo-xa": dict(method="diffrect_proto", dataset="xa-synthetic", labeled_patients=3, img_size=96, iters=160, val_every=20, ckpt_every=40,
+                    refine_start=40, optimizer="adam", lr=3e-3, refine_lr=2e-3, seed=0, consistency=1.0, uncertain="ignore", rect_ramp=True,
+                    fast=True),
     "paper": dict(dataset="acdc", labeled_patients=3, img_size=256, iters=30000, ckpt_every=200),   # the scaled schedule gives 1000 and 200
 }
 
@@ -395,7 +398,8 @@ class RunLog:
 # %% ../nbs/05_training.ipynb #3ffd4c6e
 def validate(seg: nn.Module, cases: list, cfg: TrainConfig, device: torch.device, metrics: Sequence = ("dice",)):
     "Evaluate `seg` on `cases` at the training size; the network is back in train mode afterwards."
-    ev = evaluate(seg, cases, seg.n_classes, patch_size=(cfg.img_size, cfg.img_size), metrics=metrics, device=device)
+    ev = evaluate(seg, cases, seg.n_classes, patch_size=(cfg.img_size, cfg.img_size), metrics=metrics, device=device,
+                  policy=DATASETS[cfg.dataset].policy)
     seg.train()
     return ev
 
@@ -512,7 +516,7 @@ def final_metrics(cfg: TrainConfig, out: Path, device: torch.device) -> dict:
         if not spec.has_split(root, split): continue
         cases = spec.eval_cases(root, split)
         ev = evaluate(model, [cases[i] for i in range(len(cases))], model.n_classes, patch_size=(cfg.img_size, cfg.img_size), device=device,
-                      class_names=spec.classes)
+                      class_names=spec.classes, policy=spec.policy)
         res[split] = ev.to_dict()
         if split == "val" and cfg.n_val is not None and cfg.n_val < len(cases):
             res["val_heldout"] = replace(ev, names=ev.names[cfg.n_val:], values=ev.values[cfg.n_val:], predictions=None).to_dict()
@@ -584,7 +588,8 @@ def _train_command(a: argparse.Namespace) -> int:
           f"({summary['seconds']:.0f} s on {summary['device']}{procs}); run folder {a.out}")
     if "metrics" in summary:
         for split in ("val", "test"):
-            if split in summary["metrics"]: print(f"  {split}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"][split]["mean"].items()))
+            if split in summary["metrics"]: print(f"  {split}: " + ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} n/a"
+                                                                   for k, v in summary["metrics"][split]["mean"].items()))
     return 0
 
 if __name__ == "__main__" and "__file__" in globals():   # `python -m diffseg_edu.train` (for torchrun); a notebook has no __file__
