@@ -256,7 +256,8 @@ def run_command(cmd: Sequence) -> dict:
     return {"rc": proc.returncode, "wall_s": time.perf_counter() - t0, "peak_rss_mb": peak, "output": output}
 
 # %% ../nbs/06_benchmark.ipynb #80cc9ffb
-DEMO_VARIANTS = {"preset": [], "official_augment": ["augment={}"]}   # name -> `--set` items for diffseg-train
+DEMO_VARIANTS = {"preset": [], "official_augment": ["augment={}"],   # name -> `--set` items for diffseg-train
+                 "without_prototypes": ["method=diffrect"]}          # DiffRect alone, for a preset that adds the prototype term
 
 def demo_benchmark(seeds: Sequence = (0,), preset: str = "demo", out="results/demo", variants: Sequence = ("preset",),
                    overwrite: bool = False) -> dict:
@@ -346,6 +347,7 @@ def bench_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="time the demo preset as a user runs it (a child process per seed) against its goals")
     d.add_argument("--seeds", type=int, nargs="+", default=[0]); d.add_argument("--preset", default="demo")
     d.add_argument("--official-augment", action="store_true", help="also run every seed with the official augmentation")
+    d.add_argument("--without-prototypes", action="store_true", help="also run every seed as plain DiffRect (method=diffrect)")
     d.add_argument("--overwrite", action="store_true", help="replace existing run folders"); d.add_argument("--out", default="results/demo")
     add_noise_command(sub)
     return p
@@ -378,7 +380,7 @@ def _acdc_command(a, command: str) -> int:
     return 0
 
 def _demo_command(a, command: str) -> int:
-    variants = ("preset", "official_augment") if a.official_augment else ("preset",)
+    variants = ("preset",) + (("official_augment",) if a.official_augment else ()) + (("without_prototypes",) if a.without_prototypes else ())
     res = demo_benchmark(a.seeds, a.preset, a.out, variants, a.overwrite)
     res["command"] = command
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
