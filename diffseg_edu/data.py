@@ -10,11 +10,11 @@ __all__ = ['IGNORE_INDEX', 'ACDC_CLASSES', 'MOSXAV_CLASSES', 'MOSXAV_COLOURS', '
            'patients_to_slices', 'TwoStreamBatchSampler', 'zoom_nearest', 'AugmentConfig', 'sample_augment_params',
            'rotate_nearest', 'smooth3x3', 'enhance', 'gaussian_blur', 'WeakStrongAugment', 'SemiSupervisedSlices',
            'train_loader', 'sequence_of', 'read_mosxav_mask', 'MOSXAVFrames', 'write_mosxav_sample', 'XASequence',
-           'draw_xa_sequence', 'xa_frame', 'write_xa_synthetic', 'Source', 'data_cache', 'sha256sum', 'fetch_file',
-           'finish_unpacked', 'download', 'class_stats', 'browse_volumes', 'default_synthetic_root', 'default_xa_root',
-           'DatasetSpec', 'dataset_spec', 'open_cases', 'dataset_info', 'benchmark_augment', 'benchmark_loader',
-           'os_message', 'guard_command', 'sha256_hex', 'positive_int', 'device_of', 'output_file', 'data_parser',
-           'main', 'machine_description']
+           'draw_xa_sequence', 'xa_frame', 'write_xa_synthetic', 'SequenceVolumes', 'Source', 'data_cache', 'sha256sum',
+           'fetch_file', 'finish_unpacked', 'download', 'class_stats', 'browse_volumes', 'default_synthetic_root',
+           'default_xa_root', 'DatasetSpec', 'dataset_spec', 'open_cases', 'dataset_info', 'benchmark_augment',
+           'benchmark_loader', 'os_message', 'guard_command', 'sha256_hex', 'positive_int', 'device_of', 'output_file',
+           'data_parser', 'main', 'machine_description']
 
 # %% ../nbs/00_data.ipynb #a2dd4d7d
 import argparse, contextlib, hashlib, json, os, platform, re, shutil, sys, tarfile, time, zipfile
@@ -780,6 +780,18 @@ def _write_xa(dest: Path, spec: dict):
                         Image.fromarray(np.where(other, 5, label).astype(np.uint8) if subset == "test" else label).save(
                             base / "Annotations_Semantic" / name / f"{t:05d}.png")
             (base / "ImageSets" / f"{split}.txt").write_text("\n".join(names) + "\n")
+
+# %% ../nbs/00_data.ipynb #xa1code
+class SequenceVolumes:
+    "The sequences of a `MOSXAVFrames` as volumes `{image (T, H, W), label (T, H, W), name}`; unannotated frames are `IGNORE_INDEX`."
+    def __init__(self, frames: MOSXAVFrames):
+        self.frames, self.names = frames, list(dict.fromkeys(sequence_of(n) for n in frames.names))
+    def __len__(self): return len(self.names)
+    def read(self, i: int) -> dict:
+        rows = [k for k, n in enumerate(self.frames.names) if sequence_of(n) == self.names[i]]
+        items = [self.frames.read(k, with_label=self.frames.has_label[k]) for k in rows]
+        label = [it["label"] if "label" in it else np.full(it["image"].shape, IGNORE_INDEX) for it in items]
+        return {"image": np.stack([it["image"] for it in items]), "label": np.stack(label), "name": self.names[i]}
 
 # %% ../nbs/00_data.ipynb #51eab984
 @dataclass

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['PrototypeError', 'soft_masks', 'masked_average', 'PrototypeMemory', 'prototype_nce', 'prototype_consistency',
            'ProjectionHead', 'PrototypeConfig', 'PrototypeContrast', 'noisy_labels', 'label_dice', 'train_rectifier',
-           'NoiseStudyConfig', 'study_data', 'study_run', 'summarise_study', 'noise_study', 'study_table', 'plot_study',
-           'write_study', 'add_noise_command', 'noise_command']
+           'NoiseStudyConfig', 'study_data', 'study_run', 'summarise_study', 'noise_study', 'paired_difference',
+           'study_table', 'plot_study', 'write_study', 'add_noise_command', 'noise_command']
 
 # %% ../nbs/04_prototypes.ipynb #8d7d4a36
 import argparse, json, os, sys, time
@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .data import IGNORE_INDEX, DataError, DiffsegError, H5Slices, H5Volumes, default_synthetic_root, machine_description, zoom_nearest
+from .data import DATASETS, IGNORE_INDEX, DataError, DiffsegError, H5Slices, dataset_spec, H5Volumes, default_synthetic_root, machine_description, zoom_nearest
 from .diffusion import RefineNet, calibration_guidance, consistency_weight, rectify, stage_weak_to_gt
 from .metrics import dice
 
@@ -211,8 +211,8 @@ def train_rectifier(images: torch.Tensor, labels: torch.Tensor, level: float, be
 @dataclass
 class NoiseStudyConfig:
     "Settings of the noisy-pseudo-label robustness study; the defaults are the 2-core CPU budget of `diffseg-bench noise`."
-    dataset: str = "synthetic"
-    root: str = None                 # data folder; None = the phantom in the data cache
+    dataset: str = "synthetic"       # a name in DATASETS ('synthetic', 'acdc', 'xa-synthetic', 'mosxav')
+    root: str = None                 # data folder; None = the data set's phantom in the data cache
     levels: tuple = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
     seeds: tuple = (0, 1, 2)
     steps: int = 60                  # rectifier training steps per run
@@ -221,10 +221,11 @@ class NoiseStudyConfig:
     lr: float = 1e-3
     beta: float = 0.1                # β₀ of the prototype runs (constant)
     n_eval: int = 48                 # held-out slices (with foreground) from the validation volumes
-    n_classes: int = 4
+    n_classes: int = None            # None = the data set's
     workers: int = 2                 # processes (one run each at a time)
     def __post_init__(self):
         self.levels, self.seeds = tuple(float(v) for v in self.levels), tuple(int(s) for s in self.seeds)
+        if self.n_classes is None: self.n_classes = dataset_spec(self.dataset).n_classes
         if self.img_size % 16: raise PrototypeError(f"img_size={self.img_size}: must be divisible by 16")
         if any(not 0 <= v <= 1 for v in self.levels): raise PrototypeError(f"levels {self.levels}: each must be in [0, 1]")
         if self.beta <= 0: raise PrototypeError(f"beta={self.beta}: the study compares β₀ > 0 with β₀ = 0")
@@ -233,17 +234,22 @@ class NoiseStudyConfig:
 
 # %% ../nbs/04_prototypes.ipynb #3fee4fb7
 def study_data(cfg: NoiseStudyConfig) -> dict:
-    "Training slices (`train_slices`) and up to `n_eval` held-out slices with foreground (evenly spread over the `val` volumes) at `img_size`²."
-    root = Path(cfg.root) if cfg.root else default_synthetic_root()
-    size = (cfg.img_size, cfg.img_size)
-    tr = H5Slices(root, "train_slices", cfg.n_classes)
-    cases = [tr.read(i) for i in range(len(tr))]
-    images = torch.stack([zoom_nearest(torch.as_tensor(c["image"], dtype=torch.float32)[None], size) for c in cases])
-    labels = torch.stack([zoom_nearest(torch.as_tensor(c["label"]).long(), size) for c in cases])
-    va = H5Volumes(root, "val", cfg.n_classes)
-    vols = [va.read(i) for i in range(len(va))]
-    v_img = torch.cat([zoom_nearest(torch.as_tensor(v["image"], dtype=torch.float32)[:, None], size) for v in vols])
-    v_lab = torch.cat([zoom_nearest(torch.as_tensor(v["label"]).long(), size) for v in vols])
+    """Labelled training slices (`train_slices`; frame data sets: the annotated training frames) and up to `n_eval` held-out
+    slices with foreground (evenly spread over the `val` volumes or annotated frames) at `img_size`²."""
+    spec = dataset_spec(cfg.dataset)
+    root, size = spec.root(cfg.root, f"dataset {cfg.dataset!r}"), (cfg.img_size, cfg.img_size)
+    if spec.layout == "ssl4mis":
+        tr = H5Slices(root, "train_slices", cfg.n_classes)
+        cases = [tr.read(i) for i in range(len(tr))]
+        va = H5Volumes(root, "val", cfg.n_classes)
+        held = [dict(image=s, label=l) for v in (va.read(i) for i in range(len(va))) for s, l in zip(v["image"], v["label"])]
+    else:
+        tr = spec.train_cases(root)
+        cases, held = [tr.read(i) for i in range(len(tr)) if tr.has_label[i]], spec.eval_cases(root, "val")
+    image = lambda c: zoom_nearest(torch.as_tensor(c["image"], dtype=torch.float32)[None], size)
+    label = lambda c: zoom_nearest(torch.as_tensor(c["label"]).long(), size)
+    images, labels = torch.stack([image(c) for c in cases]), torch.stack([label(c) for c in cases])
+    v_img, v_lab = torch.stack([image(c) for c in held]), torch.stack([label(c) for c in held])
     fg = torch.nonzero((v_lab > 0).flatten(1).any(1)).flatten()
     if len(fg) == 0: raise DataError(f"{root}: no validation slice has a foreground label")
     pick = fg[torch.linspace(0, len(fg) - 1, min(cfg.n_eval, len(fg))).round().long()]
@@ -310,16 +316,28 @@ def noise_study(cfg: NoiseStudyConfig, progress: bool = True) -> dict:
             "wall_s": time.perf_counter() - t0, "runs": runs, "summary": summarise_study(runs)}
 
 # %% ../nbs/04_prototypes.ipynb #21ae5446
+def paired_difference(result: dict, level: float) -> tuple:
+    """`(mean, std, 2·SE, n)` over seeds of the rectified Dice with prototypes minus without, at `level`. A seed gives both runs the same
+    noise and the same start, so the difference is paired; an effect smaller than 2·SE (about a 95 % interval) cannot be told from noise."""
+    dice = {(r["level"], r["seed"], r["method"]): r["dice_rectified"] for r in result["runs"]}
+    d = np.array([dice[(level, s, "prototypes")] - dice[(level, s, "diffrect")] for s in result["config"]["seeds"]
+                  if (level, s, "prototypes") in dice and (level, s, "diffrect") in dice])
+    sd = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
+    return float(d.mean()), sd, 2 * sd / np.sqrt(len(d)), len(d)
+
 def study_table(result: dict) -> str:
-    "Markdown table of a `noise_study` result: per noise level, Dice of the corrupted labels and of each method's rectified labels (mean ± std)."
+    """Markdown table of a `noise_study` result: per noise level, Dice of the corrupted labels and of each method's rectified labels
+    (mean ± std over seeds), and the paired difference with the smallest effect it can detect (`paired_difference`)."""
     by = {(r["level"], r["method"]): r for r in result["summary"]}
     fmt = lambda ms: f"{ms[0]:.3f} ± {ms[1]:.3f}"
-    lines = ["| noise level | corrupted labels | rectified: DiffRect | rectified: + prototypes | difference |", "|---|---|---|---|---|"]
+    lines = ["| noise level | corrupted labels | rectified: DiffRect | rectified: + prototypes | difference (paired) | detectable (2 SE) |",
+             "|---|---|---|---|---|---|"]
     for lv in sorted({k[0] for k in by}):
         d, p = by.get((lv, "diffrect")), by.get((lv, "prototypes"))
         if d is None or p is None: continue
+        m, sd, se2, n = paired_difference(result, lv)
         lines.append(f"| {lv:.1f} | {fmt(d['dice_noisy'])} | {fmt(d['dice_rectified'])} | {fmt(p['dice_rectified'])} | "
-                     f"{p['dice_rectified'][0] - d['dice_rectified'][0]:+.3f} |")
+                     f"{m:+.3f} ± {sd:.3f} | {se2:.3f} |")
     return "\n".join(lines)
 
 def plot_study(result: dict, ax=None):
@@ -350,8 +368,8 @@ def add_noise_command(sub) -> argparse.ArgumentParser:
     "Add the `noise` subcommand to the subparsers `sub` of `diffseg-bench` (notebook 06)."
     n = sub.add_parser("noise", help="robustness of the rectifier to pseudo-label noise, with and without the prototype term")
     d = NoiseStudyConfig()
-    n.add_argument("--dataset", default=d.dataset, choices=["synthetic", "acdc"])
-    n.add_argument("--root", help="data folder (default: the phantom in the data cache)")
+    n.add_argument("--dataset", default=d.dataset, choices=sorted(DATASETS))
+    n.add_argument("--root", help="data folder (default: the data set's phantom in the data cache)")
     n.add_argument("--out", default="results/noise", help="output folder for noise.json, noise.md, noise.png")
     n.add_argument("--levels", type=float, nargs="+", default=list(d.levels)); n.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
     for name in ("steps", "img_size", "batch_size", "n_eval", "workers"):

@@ -88,3 +88,18 @@ def test_colour_frame_is_refused(tmp_path):
     with pytest.raises(DataError, match="00001.jpg: a colour"): MOSXAVFrames(root, "train").read(1, with_label=False)
     Image.fromarray(np.repeat(np.full((32, 32, 1), 90, np.uint8), 3, axis=2)).save(frame)  # grey stored as RGB is accepted
     assert MOSXAVFrames(root, "train").read(1, with_label=False)["image"].shape == (32, 32)
+
+def test_sequences_read_as_volumes(xa_root):
+    from diffseg_edu.data import SequenceVolumes
+    seqs = SequenceVolumes(MOSXAVFrames(xa_root, "train"))
+    v = seqs.read(1)
+    assert len(seqs) == 3 and v["name"] == "v01" and v["image"].shape == v["label"].shape == (10, 64, 64)
+    assert (v["label"][1] == IGNORE_INDEX).all() and (v["label"][5] != IGNORE_INDEX).all()   # frames 0 and 5 are annotated
+
+def test_noise_study_on_frames(xa_root):
+    from diffseg_edu.prototypes import NoiseStudyConfig, noise_study, paired_difference, study_table
+    cfg = NoiseStudyConfig(dataset="xa-synthetic", root=str(xa_root), levels=(0.3,), seeds=(0, 1), steps=2, img_size=32, n_eval=4, workers=1)
+    res = noise_study(cfg, progress=False)
+    assert cfg.n_classes == 5 and len(res["runs"]) == 4 and res["n_train_slices"] == 6 and res["n_eval_slices"] == 2
+    m, sd, se2, n = paired_difference(res, 0.3)
+    assert n == 2 and np.isfinite(m) and se2 >= 0 and "detectable (2 SE)" in study_table(res)
