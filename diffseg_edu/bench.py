@@ -284,7 +284,8 @@ def demo_benchmark(seeds: Sequence = (0,), preset: str = "demo", out="results/de
             rec.update(best_iteration=m.get("best_iteration"), splits={k: m[k]["mean"] for k in ("val", "test") if k in m})
         else: rec["error"] = r["output"][-2000:]
         records.append(rec)
-        print(f"{variant} seed {seed}: " + (f"val Dice {rec['splits']['val']['dice']:.4f}" if r["rc"] == 0 else f"failed (exit {r['rc']})")
+        val = rec.get("splits", {}).get("val", {}).get("dice")
+        print(f"{variant} seed {seed}: " + ((f"val Dice {val:.4f}" if val is not None else "val Dice n/a") if r["rc"] == 0 else f"failed (exit {r['rc']})")
               + f", {r['wall_s']:.0f} s", file=sys.stderr)
     return {"what": "demo", "settings": {"preset": preset, "seeds": list(seeds), "variants": {v: DEMO_VARIANTS[v] for v in variants},
             "config": {k: v for k, v in asdict(base).items() if k not in ("root", "seed")}, "goals": goals},

@@ -317,27 +317,30 @@ def noise_study(cfg: NoiseStudyConfig, progress: bool = True) -> dict:
 
 # %% ../nbs/04_prototypes.ipynb #21ae5446
 def paired_difference(result: dict, level: float) -> tuple:
-    """`(mean, std, 2·SE, n)` over seeds of the rectified Dice with prototypes minus without, at `level`. A seed gives both runs the same
-    noise and the same start, so the difference is paired; an effect smaller than 2·SE (about a 95 % interval) cannot be told from noise."""
+    """`(mean, std, half-width, n)` over seeds of the rectified Dice with prototypes minus without, at `level`. A seed gives both runs the same
+    noise and the same start, so the difference is paired; the half-width of its 95 % confidence interval (Student's t with n − 1 degrees
+    of freedom times the standard error) is the smallest effect the study can tell from noise."""
+    from scipy import stats
     dice = {(r["level"], r["seed"], r["method"]): r["dice_rectified"] for r in result["runs"]}
     d = np.array([dice[(level, s, "prototypes")] - dice[(level, s, "diffrect")] for s in result["config"]["seeds"]
                   if (level, s, "prototypes") in dice and (level, s, "diffrect") in dice])
     sd = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
-    return float(d.mean()), sd, 2 * sd / np.sqrt(len(d)), len(d)
+    half = float(stats.t.ppf(0.975, len(d) - 1)) * sd / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return float(d.mean()), sd, half, len(d)
 
 def study_table(result: dict) -> str:
     """Markdown table of a `noise_study` result: per noise level, Dice of the corrupted labels and of each method's rectified labels
-    (mean ± std over seeds), and the paired difference with the smallest effect it can detect (`paired_difference`)."""
+    (mean ± std over seeds), and the paired difference with the smallest effect it can detect (`paired_difference`: 95 % half-width)."""
     by = {(r["level"], r["method"]): r for r in result["summary"]}
     fmt = lambda ms: f"{ms[0]:.3f} ± {ms[1]:.3f}"
-    lines = ["| noise level | corrupted labels | rectified: DiffRect | rectified: + prototypes | difference (paired) | detectable (2 SE) |",
+    lines = ["| noise level | corrupted labels | rectified: DiffRect | rectified: + prototypes | difference (paired) | detectable (95 % CI half-width) |",
              "|---|---|---|---|---|---|"]
     for lv in sorted({k[0] for k in by}):
         d, p = by.get((lv, "diffrect")), by.get((lv, "prototypes"))
         if d is None or p is None: continue
-        m, sd, se2, n = paired_difference(result, lv)
+        m, sd, half, n = paired_difference(result, lv)
         lines.append(f"| {lv:.1f} | {fmt(d['dice_noisy'])} | {fmt(d['dice_rectified'])} | {fmt(p['dice_rectified'])} | "
-                     f"{m:+.3f} ± {sd:.3f} | {se2:.3f} |")
+                     f"{m:+.3f} ± {sd:.3f} | {half:.3f} |")
     return "\n".join(lines)
 
 def plot_study(result: dict, ax=None):
@@ -379,7 +382,7 @@ def add_noise_command(sub) -> argparse.ArgumentParser:
 
 def noise_command(a: argparse.Namespace) -> int:
     "`diffseg-bench noise`: run the study from parsed arguments and write its result files (errors: `guard_command` in `main`)."
-    if a.dataset == "acdc" and not a.root: raise DataError("--dataset acdc needs --root (the ACDC folder)")
+    dataset_spec(a.dataset).root(a.root, f"--dataset {a.dataset}")   # a data set without an embedded phantom needs --root: say so now
     cfg = NoiseStudyConfig(dataset=a.dataset, root=a.root, levels=tuple(a.levels), seeds=tuple(a.seeds), steps=a.steps, img_size=a.img_size,
                            batch_size=a.batch_size, lr=a.lr, beta=a.beta, n_eval=a.n_eval, workers=a.workers)
     result = noise_study(cfg)

@@ -246,7 +246,7 @@ def build_models(cfg: TrainConfig, n_classes: int, device: torch.device) -> dict
     "`{'seg', 'refine', 'hook', 'opt_seg', 'opt_refine'}` for the method (absent parts are None), on `device`."
     torch.manual_seed(cfg.seed)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    seg = UNet(n_classes=n_classes).to(device, memory_format=fmt)
+    seg = UNet(in_channels=DATASETS[cfg.dataset].in_channels, n_classes=n_classes).to(device, memory_format=fmt)
     refine = hook = opt_refine = None
     if cfg.method.startswith("diffrect"):
         refine = RefineNet(refine_config(cfg, n_classes)).to(device, memory_format=fmt)
@@ -481,8 +481,9 @@ def _train(cfg: TrainConfig, out: Path, dist: Distributed, resume: bool, progres
         values = {**losses, "lr": lr_seg}
         if dist.main and (it % val_every == 0 or it == cfg.iters):
             values["val_dice"] = last_val = validate(models["seg"], val_cases, cfg, device).mean()["dice"]
-            if values["val_dice"] > best["dice"]:
-                best = {"dice": float(values["val_dice"]), "iteration": it}
+            score = last_val if math.isfinite(last_val) else -math.inf          # no class scored (frames, `nan` policy): worst, not skipped
+            if best["iteration"] is None or score > best["dice"]:
+                best = {"dice": float(score), "iteration": it}
                 save_checkpoint(out / "best.pt", models["seg"], img_size=cfg.img_size, iteration=it, val_dice=best["dice"], config=asdict(cfg))
         if dist.main:
             log.add(it, values)
@@ -508,14 +509,14 @@ def _train(cfg: TrainConfig, out: Path, dist: Distributed, resume: bool, progres
 # %% ../nbs/05_training.ipynb #26a958c9
 def final_metrics(cfg: TrainConfig, out: Path, device: torch.device) -> dict:
     """Full metrics of `out/best.pt` on `val` and `test` (where listed); written to `out/metrics.json`.
-    Cases are volumes, or annotated frames for the MOSXAV layout. When model selection used only the first `n_val` validation cases, `val_heldout` scores the others: cases no choice of the run saw."""
+    Cases are volumes, or annotated frames for the MOSXAV layout. When model selection used only the first `n_val` validation cases, `val_heldout` scores the others: cases no choice of the run saw (for frames: other frames, possibly of the same videos)."""
     model, ckpt = load_model(out / "best.pt", map_location=device)
     root, spec = data_root(cfg), DATASETS[cfg.dataset]
     res = {"best_iteration": ckpt.get("iteration"), "machine": machine_description()}
     for split in ("val", "test"):
         if not spec.has_split(root, split): continue
         cases = spec.eval_cases(root, split)
-        ev = evaluate(model, [cases[i] for i in range(len(cases))], model.n_classes, patch_size=(cfg.img_size, cfg.img_size), device=device,
+        ev = evaluate(model, cases, model.n_classes, patch_size=(cfg.img_size, cfg.img_size), device=device,
                       class_names=spec.classes, policy=spec.policy)
         res[split] = ev.to_dict()
         if split == "val" and cfg.n_val is not None and cfg.n_val < len(cases):

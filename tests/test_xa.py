@@ -102,4 +102,4 @@ def test_noise_study_on_frames(xa_root):
     res = noise_study(cfg, progress=False)
     assert cfg.n_classes == 5 and len(res["runs"]) == 4 and res["n_train_slices"] == 6 and res["n_eval_slices"] == 2
     m, sd, se2, n = paired_difference(res, 0.3)
-    assert n == 2 and np.isfinite(m) and se2 >= 0 and "detectable (2 SE)" in study_table(res)
+    assert n == 2 and np.isfinite(m) and se2 >= 0 and "detectable (95 % CI half-width)" in study_table(res)
