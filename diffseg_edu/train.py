@@ -503,6 +503,7 @@ def _train(cfg: TrainConfig, out: Path, dist: Distributed, resume: bool, progres
     if dist.main and it == cfg.iters:
         summary["metrics"] = final_metrics(cfg, out, device)
         plot_curves(log, out / "curves.png")
+        previous_of(last).unlink(missing_ok=True)       # a finished run needs no fallback: one copy of the (large) training state
     dist.close()
     return summary
 

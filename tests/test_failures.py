@@ -153,6 +153,7 @@ def test_resume_falls_back_to_the_previous_checkpoint(synthetic_root, tmp_path):
     a, b = read_checkpoint(tmp_path / "straight" / "last.pt"), read_checkpoint(out / "last.pt")
     assert b["iteration"] == 6 and all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert (tmp_path / "straight" / "log.csv").read_text() == (out / "log.csv").read_text()
+    assert not (out / "last.prev.pt").exists() and not (tmp_path / "straight" / "last.prev.pt").exists()   # finished: one copy
 
 def test_both_checkpoints_corrupt(synthetic_root, tmp_path, capsys):
     out = tmp_path / "run"
