@@ -980,6 +980,7 @@ class AnnotatedFrames:
     @property
     def names(self) -> list: return [self.frames.names[i] for i in self.rows]
 
+# %% ../nbs/00_data.ipynb #reg1code
 @dataclass(frozen=True)
 class DatasetSpec:
     "What training and evaluation need to know of a data set (see `DATASETS`)."
@@ -1037,8 +1038,7 @@ def dataset_info(dataset: str, root, labeled_patients: int = None) -> dict:
     if dataset_spec(dataset).layout == "mosxav":
         info, frames = {"dataset": dataset, "root": str(root), "classes": list(dataset_spec(dataset).classes), "splits": {}}, {}
         for split in ("train", "val", "test"):
-            listing = root / ("test" if split == "test" else "trainval") / "ImageSets" / f"{split}.txt"
-            if not listing.is_file(): continue                   # a split that is absent; a listed split with problems is an error
+            if not dataset_spec(dataset).has_split(root, split): continue   # absent; a listed split with problems is an error
             frames[split] = fr = MOSXAVFrames(root, split)
             info["splits"][split] = {"frames": len(fr), "annotated": sum(fr.has_label), "sequences": len({sequence_of(n) for n in fr.names})}
         if not info["splits"]: raise DataError(f"{root}: no MOSXAV split lists found (trainval/ImageSets/*.txt)")

@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 from scipy import ndimage
 
-from .data import (ACDC_CLASSES, DATASETS, IGNORE_INDEX, MOSXAV_CLASSES, DataError, DiffsegError, H5Volumes, MOSXAVFrames, dataset_spec,
-                              default_synthetic_root, device_of, guard_command, machine_description, output_file, overlay,
+from .data import (ACDC_CLASSES, DATASETS, IGNORE_INDEX, DataError, DiffsegError, H5Volumes, MOSXAVFrames, dataset_spec,
+                              device_of, guard_command, machine_description, output_file, overlay,
                               positive_int, zoom_nearest)
 from .unet import ModelError, UNet, fuse_conv_bn, load_model
 
