@@ -190,7 +190,7 @@ def previous_of(path) -> Path:
 def save_checkpoint(path, model: nn.Module, keep_previous: bool = False, **extra) -> Path:
     """Write `{'model': spec, 'state_dict': …, **extra}` to `path` atomically (temporary file, then rename);
     `keep_previous=True` keeps the file it replaces as `previous_of(path)`. A failed write (a full disk) removes the temporary file,
-    leaves `path` as it was and raises an `OSError` naming `path`."""
+    leaves `path` as it was and raises an `OSError` naming `path` (Ctrl-C during the write stays a `KeyboardInterrupt`)."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     payload = {"model": model_spec(model), "state_dict": model.state_dict(), **extra}
@@ -207,6 +207,7 @@ def save_checkpoint(path, model: nn.Module, keep_previous: bool = False, **extra
         tmp.replace(path)
     except BaseException as e:
         tmp.unlink(missing_ok=True); staged.unlink(missing_ok=True)
+        if isinstance(e.__context__, KeyboardInterrupt): raise KeyboardInterrupt from None   # Ctrl-C inside torch.save's writer
         if not isinstance(e, (OSError, RuntimeError)): raise   # (torch.save reports a failed write as a RuntimeError)
         free = shutil.disk_usage(path.parent).free
         raise OSError(errno.ENOSPC if free < 2**20 else errno.EIO, f"the checkpoint could not be written ({free / 2**20:.1f} MiB free "
