@@ -18,11 +18,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import DATASETS, DataError, default_synthetic_root, guard_command, machine_description, positive_int
+from .data import DATASETS, DataError, dataset_spec, default_synthetic_root, guard_command, machine_description, positive_int
 from .unet import supervised_loss
 from .metrics import N_CLASSES, amp_context
 from .diffusion import _peak_rss_mb
-from .train import (METHODS, ConfigError, TrainData, check_config, fast_settings, make_config, parse_sets,
+from .train import (METHODS, PRESETS, ConfigError, TrainData, check_config, fast_settings, make_config, parse_sets,
                                pick_device, prepare_run, run_schedule, same_config, train, train_step)
 from .prototypes import add_noise_command, noise_command
 
@@ -176,10 +176,12 @@ def summarise_runs(records: list) -> list:
     return out
 
 def acdc_benchmark(root, labeled_patients: int = 3, methods: Sequence = METHODS, seeds: Sequence = (1337,), out="results/acdc",
-                   preset: str = "cpu", progress: bool = False, **overrides) -> dict:
-    "Train and evaluate every (method, seed) with `preset`; returns settings, machine, per-run records and the summary."
+                   preset: str = "cpu", progress: bool = False, dataset: str = "acdc", **overrides) -> dict:
+    """Train and evaluate every (method, seed) with `preset` on `dataset` (ACDC by default; `root` None: the data set's phantom);
+    returns settings, machine, per-run records and the summary."""
     runs_dir, t0, records = Path(out) / "runs", time.perf_counter(), []
-    cfgs = [check_config(make_config(preset, method=m, root=str(root), labeled_patients=labeled_patients, seed=s, **overrides))
+    root = dataset_spec(dataset).root(root, f"--dataset {dataset}")
+    cfgs = [check_config(make_config(preset, method=m, dataset=dataset, root=str(root), labeled_patients=labeled_patients, seed=s, **overrides))
             for m in methods for s in seeds]                     # every config is checked before the first run starts
     for cfg in cfgs:
         name = run_name(cfg.method, labeled_patients, cfg.seed)
@@ -190,7 +192,7 @@ def acdc_benchmark(root, labeled_patients: int = 3, methods: Sequence = METHODS,
         print(f"{r['method']} seed {r['seed']}: " + ", ".join(f"{k} Dice {v['dice']:.4f}" for k, v in r["splits"].items()) + f" ({r['status']}"
               + (f", {r['wall_s'] / 60:.1f} min" if r["wall_s"] else "") + ")", file=sys.stderr)
     c = cfgs[0]
-    return {"what": "acdc", "settings": {"preset": preset, "labeled_patients": labeled_patients, "methods": list(methods), "seeds": list(seeds),
+    return {"what": "acdc", "settings": {"dataset": dataset, "preset": preset, "labeled_patients": labeled_patients, "methods": list(methods), "seeds": list(seeds),
             "img_size": c.img_size, "iters": c.iters, "optimizer": c.optimizer, "lr": c.lr, **run_schedule(c), "root": str(root),
             "overrides": overrides, "config": {k: v for k, v in asdict(c).items() if k not in ("method", "seed", "root", "labeled_patients")}},
             "machine": machine_description(), "wall_s": time.perf_counter() - t0,
@@ -201,7 +203,8 @@ def acdc_table(result: dict) -> str:
     "Markdown table of an `acdc_benchmark` result."
     s = result["settings"]
     fmt = lambda ms, d: "–" if ms[0] is None else (f"{ms[0]:.{d}f}" + (f" ± {ms[1]:.{d}f}" if ms[1] is not None else ""))
-    lines = [f"| method ({s['labeled_patients']} labelled patients, {s['iters']} it. at {s['img_size']}²) | split | seeds | Dice | Jaccard | "
+    unit = "patients" if DATASETS[s.get("dataset", "acdc")].layout == "ssl4mis" else "sequences"
+    lines = [f"| method ({s['labeled_patients']} labelled {unit}, {s['iters']} it. at {s['img_size']}²) | split | seeds | Dice | Jaccard | "
              "HD95 | ASD | minutes per run |", "|---|---|---|---|---|---|---|---|"]
     for r in result["summary"]:
         m = r["metrics"]
@@ -336,14 +339,17 @@ def bench_parser() -> argparse.ArgumentParser:
     s.add_argument("--channels-last", action="store_true"); s.add_argument("--root", help="ACDC folder (default: the phantom; only shapes matter)")
     s.add_argument("--no-isolate", action="store_true", help="run every method in this process (peak RSS is then cumulative)")
     s.add_argument("--out", default="results/speed")
-    a = sub.add_parser("acdc", help="train and evaluate every method on ACDC with the same budget and seeds")
-    a.add_argument("--root", required=True, help="the ACDC folder (SSL4MIS layout)"); a.add_argument("--labeled-patients", type=positive_int, default=3)
+    a = sub.add_parser("acdc", help="train and evaluate every method on ACDC (or --dataset) with the same budget and seeds")
+    a.add_argument("--dataset", choices=sorted(DATASETS), default="acdc", help="the data set (default acdc)")
+    a.add_argument("--root", help="the data set's folder (required for acdc, mosxav, endoscapes; else the embedded phantom)")
+    a.add_argument("--labeled-patients", type=positive_int, default=3, help="labelled patients (frame data sets: sequences/videos)")
+    a.add_argument("--preset", choices=sorted(PRESETS), help="the training preset (default cpu; --paper is --preset paper)")
     a.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS); a.add_argument("--seeds", type=int, nargs="+", default=[1337])
     a.add_argument("--paper", action="store_true", help="the published protocol (256², 30,000 iterations): for a GPU")
     a.add_argument("--fast", action="store_true", default=None, help="train in fast mode (bf16 where the hardware has it, channels_last)")
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any TrainConfig setting for every run, as diffseg-train --set")
     for name in ("iters", "img_size", "val_every"): a.add_argument("--" + name.replace("_", "-"), type=int)
-    a.add_argument("--device"); a.add_argument("--amp", choices=["bf16"]); a.add_argument("--out", default="results/acdc")
+    a.add_argument("--device"); a.add_argument("--amp", choices=["bf16"]); a.add_argument("--out", help="results folder (default results/<dataset>)")
     a.add_argument("--progress", action="store_true", help="a progress bar per run")
     d = sub.add_parser("demo", help="time the demo preset as a user runs it (a child process per seed) against its goals")
     d.add_argument("--seeds", type=int, nargs="+", default=[0]); d.add_argument("--preset", default="demo")
@@ -367,15 +373,19 @@ def _acdc_command(a, command: str) -> int:
     over = {k: v for k, v in (("iters", a.iters), ("img_size", a.img_size), ("val_every", a.val_every), ("device", a.device), ("amp", a.amp),
                               ("fast", a.fast)) if v is not None}
     over.update(parse_sets(a.set))
-    if not Path(a.root).is_dir(): raise DataError(f"--root {a.root}: not a folder")
-    res = acdc_benchmark(a.root, a.labeled_patients, a.methods, a.seeds, a.out, preset="paper" if a.paper else "cpu", progress=a.progress, **over)
+    if a.paper and a.preset not in (None, "paper"): raise ConfigError(f"--paper is --preset paper; it contradicts --preset {a.preset}")
+    preset = "paper" if a.paper else a.preset or "cpu"
+    if a.root is not None and not Path(a.root).is_dir(): raise DataError(f"--root {a.root}: not a folder")
+    out = Path(a.out or f"results/{a.dataset}")
+    res = acdc_benchmark(a.root, a.labeled_patients, a.methods, a.seeds, out, preset, a.progress, a.dataset, **over)
     res["command"] = command
-    out, stem = Path(a.out), f"acdc_p{a.labeled_patients}" + ("_paper" if a.paper else "")
+    stem = f"{a.dataset}_p{a.labeled_patients}" + ("" if preset == "cpu" else f"_{preset}")
     (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
     (out / f"{stem}.md").write_text(f"{result_header(res)}\n\n{acdc_table(res)}\n")
     points = label_efficiency(out / "runs")
-    (out / "label_efficiency.json").write_text(json.dumps({"machine": res["machine"], "points": points, "published": list(PUBLISHED)}, indent=1))
-    fig, ax = plt.subplots(figsize=(5, 3.2)); plot_label_efficiency(points, ax, PUBLISHED); fig.tight_layout()
+    published = PUBLISHED if a.dataset == "acdc" else ()
+    (out / "label_efficiency.json").write_text(json.dumps({"machine": res["machine"], "points": points, "published": list(published)}, indent=1))
+    fig, ax = plt.subplots(figsize=(5, 3.2)); plot_label_efficiency(points, ax, published); fig.tight_layout()
     fig.savefig(out / "label_efficiency.png", dpi=100); plt.close(fig)
     print(f"{result_header(res)}\n\n{acdc_table(res)}\n\nwrote {out / stem}.json, .md, label_efficiency.json/.png ({res['wall_s'] / 60:.1f} min)")
     return 0

@@ -4,15 +4,15 @@
 
 # %% auto #0
 __all__ = ['METRICS', 'PAPER_EMPTY', 'POLICIES', 'N_CLASSES', 'MetricError', 'dice', 'jaccard', 'surface_distances', 'hd95',
-           'asd', 'binary_metrics', 'multiclass_metrics', 'prepare_for_inference', 'amp_context', 'predict_volume',
-           'Evaluation', 'evaluate', 'plot_boxes', 'slice_dice', 'show_best_worst', 'benchmark_inference',
-           'benchmark_metrics', 'eval_cases', 'eval_parser', 'main']
+           'asd', 'binary_metrics', 'multiclass_metrics', 'prepare_for_inference', 'amp_context', 'input_channels',
+           'predict_volume', 'Evaluation', 'evaluate', 'plot_boxes', 'slice_dice', 'show_best_worst',
+           'benchmark_inference', 'benchmark_metrics', 'eval_cases', 'eval_parser', 'main']
 
 # %% ../nbs/02_metrics.ipynb #138f2c82
 import argparse, json, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -133,19 +133,27 @@ def amp_context(device: torch.device, amp: str = None):
     return torch.autocast(device.type, dtype=dtype, enabled=amp is not None)
 
 # %% ../nbs/02_metrics.ipynb #55666286
+def input_channels(model: nn.Module) -> int:
+    "Input channels of `model`: those of its first convolution (1 for a model without one)."
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return 1 if conv is None else conv.in_channels
+
 @torch.inference_mode()
 def predict_volume(model: nn.Module, image, patch_size: tuple = (256, 256), batch_size: int = 8, amp: str = None) -> np.ndarray:
-    """Argmax class map (uint8) of a `(D, H, W)` volume or `(H, W)` image: nearest resize of every slice to `patch_size`,
-    batched forward passes of `batch_size` slices on the model's device, nearest resize back to `(H, W)`."""
-    x = torch.as_tensor(np.asarray(image), dtype=torch.float32)
-    if x.ndim not in (2, 3): raise MetricError(f"expected an image (H, W) or a volume (D, H, W), got shape {tuple(x.shape)}")
-    squeeze = x.ndim == 2
+    """Argmax class map (uint8) of a `(D, H, W)` volume or `(H, W)` image (colour models: `(D, C, H, W)` or `(C, H, W)`): nearest
+    resize of every slice to `patch_size`, batched forward passes of `batch_size` slices on the model's device, nearest resize back."""
+    C, x = input_channels(model), torch.as_tensor(np.asarray(image), dtype=torch.float32)
+    squeeze = x.ndim == (2 if C == 1 else 3)
     x = x[None] if squeeze else x
+    x = x[:, None] if C == 1 else x
+    if x.ndim != 4 or x.shape[1] != C:
+        want = "(H, W) or a volume (D, H, W)" if C == 1 else f"({C}, H, W) or a volume (D, {C}, H, W)"
+        raise MetricError(f"expected an image {want} for a model with {C} input channel(s), got shape {tuple(np.shape(image))}")
     param = next(model.parameters())
     channels_last = any(p.ndim == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters())
     out = []
     for chunk in x.split(batch_size):
-        inp = zoom_nearest(chunk.to(param.device)[:, None], patch_size)
+        inp = zoom_nearest(chunk.to(param.device), patch_size)
         if channels_last: inp = inp.contiguous(memory_format=torch.channels_last)
         with amp_context(param.device, amp): logits = model(inp)
         out.append(zoom_nearest(logits.argmax(1).to(torch.uint8), x.shape[-2:]).cpu())
@@ -166,11 +174,21 @@ class Evaluation:
     policy: str = "paper"
     seconds: dict = field(default_factory=dict)
     predictions: dict = None  # name → uint8 class map, when evaluate(..., keep_predictions=True)
+    groups: list = None       # the sequence/video of every case (frame data sets): each group's cases are averaged first
 
+    def grouped(self, j: int) -> np.ndarray:
+        "`values[:, :, j]`, with the cases of every group averaged into one row (NaN-aware) when `groups` is set."
+        v = self.values[:, :, j]
+        if self.groups is None: return v
+        g, rows = np.asarray(self.groups), []
+        for key in dict.fromkeys(self.groups):
+            sub = v[g == key]; ok = np.isfinite(sub)
+            rows.append(np.where(ok.any(0), np.where(ok, sub, 0).sum(0) / np.maximum(ok.sum(0), 1), np.nan))
+        return np.stack(rows)
     def per_class(self) -> dict:
-        "`{metric: [mean over cases of each class]}` (NaN values left out)."
+        "`{metric: [mean over cases of each class]}` (frames: over sequences, each the mean of its frames; NaN values left out)."
         col = lambda v: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-        return {m: [col(v) for v in self.values[:, :, j].T] for j, m in enumerate(self.metrics)}
+        return {m: [col(v) for v in self.grouped(j).T] for j, m in enumerate(self.metrics)}
     def mean(self) -> dict:
         "`{metric: mean over classes of the per-class means}` (the paper's order of averaging); a class never scored (NaN) is left out."
         return {m: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for m, v in self.per_class().items()}
@@ -181,7 +199,8 @@ class Evaluation:
     def summary(self) -> str:
         "One line: the means and what they were computed on."
         fmt = lambda m, v: f"{_LABELS[m]} {v:.4f}" if m in ("dice", "jaccard") else f"{_LABELS[m]} {v:.2f}"
-        return " | ".join(fmt(m, v) for m, v in self.mean().items()) + f"  ({len(self.names)} cases, {len(self.classes)} classes, policy {self.policy})"
+        return " | ".join(fmt(m, v) for m, v in self.mean().items()) + f"  ({len(self.names)} cases{self._in_groups()}, {len(self.classes)} classes, policy {self.policy})"
+    def _in_groups(self) -> str: return "" if self.groups is None else f" in {len(set(self.groups))} sequences"
     def table(self) -> str:
         "Per-class means and the mean over classes, as fixed-width text."
         pc, mean = self.per_class(), self.mean()
@@ -192,17 +211,19 @@ class Evaluation:
         "JSON-ready: per-case values, per-class and overall means (NaN → null), left-out counts, timings."
         case = lambda i: {c: {m: _nan_to_none(float(self.values[i, k, j])) for j, m in enumerate(self.metrics)} for k, c in enumerate(self.classes)}
         return {"policy": self.policy, "metrics": list(self.metrics), "classes": list(self.classes),
+                "averaged": "over sequences (each the mean of its frames), then classes" if self.groups else "over cases, then classes",
                 "mean": {m: _nan_to_none(v) for m, v in self.mean().items()},
                 "per_class": {m: dict(zip(self.classes, map(_nan_to_none, v))) for m, v in self.per_class().items()},
                 "n_left_out": self.n_left_out(), "seconds": self.seconds,
-                "per_case": [{"name": n, **case(i)} for i, n in enumerate(self.names)]}
+                "per_case": [{"name": n, **({"group": self.groups[i]} if self.groups else {}), **case(i)} for i, n in enumerate(self.names)]}
 
 # %% ../nbs/02_metrics.ipynb #6e86de26
 def evaluate(model: nn.Module, cases, n_classes: int, patch_size: tuple = (256, 256), batch_size: int = 8,
              policy: str = "paper", metrics: Sequence = METRICS, spacing=None, amp: str = None, device=None,
-             class_names: Sequence = None, keep_predictions: bool = False, fast: bool = True) -> Evaluation:
+             class_names: Sequence = None, keep_predictions: bool = False, fast: bool = True, group_of: Callable = None) -> Evaluation:
     """Predict every case of `cases` (items `{image, label, name}`) with `model` and score each foreground class.
-    `fast` folds batch norm and uses `channels_last` (same predictions up to rounding); `device` defaults to the model's."""
+    `fast` folds batch norm and uses `channels_last` (same predictions up to rounding); `device` defaults to the model's;
+    `group_of(name)` (frames: their sequence) makes the means average each group's cases first."""
     if policy not in POLICIES: raise MetricError(f"unknown empty-mask policy {policy!r} (choose from {POLICIES})")
     model_classes = getattr(model, "n_classes", None)
     if model_classes is not None and model_classes != n_classes:
@@ -221,7 +242,8 @@ def evaluate(model: nn.Module, cases, n_classes: int, patch_size: tuple = (256, 
         if keep_predictions: preds[names[-1]] = pred
     classes = list(class_names)[1:] if class_names is not None else [f"class {c}" for c in range(1, n_classes)]
     return Evaluation(names, classes, tuple(metrics), np.stack(rows), policy,
-                      {"inference": round(t_pred, 3), "metrics": round(t_metric, 3)}, preds if keep_predictions else None)
+                      {"inference": round(t_pred, 3), "metrics": round(t_metric, 3)}, preds if keep_predictions else None,
+                      [group_of(n) for n in names] if group_of else None)
 
 # %% ../nbs/02_metrics.ipynb #e6ef4a07
 def plot_boxes(ev: Evaluation, metrics: Sequence = None, figsize: tuple = None):
@@ -259,7 +281,8 @@ def show_best_worst(ev: Evaluation, cases, n_classes: int, k: int = 3):
     picks = [("worst", *t) for t in scored[:k]] + [("best", *t) for t in scored[::-1][:k]]
     fig, axes = plt.subplots(2, 2 * k, figsize=(2.2 * 2 * k, 4.8), squeeze=False)
     for ax_pair, (kind, s, n, z) in zip(axes.reshape(-1, 2), picks):
-        img, lab, pred = as3d(by_name[n]["image"])[z], as3d(by_name[n]["label"])[z], as3d(ev.predictions[n])[z]
+        image, volume = np.asarray(by_name[n]["image"]), np.ndim(by_name[n]["label"]) == 3    # a colour frame is (3, H, W), not a volume
+        img, lab, pred = image[z] if volume else image, as3d(by_name[n]["label"])[z], as3d(ev.predictions[n])[z]
         ax_pair[0].imshow(overlay(img, lab, n_classes)); ax_pair[1].imshow(overlay(img, pred, n_classes))
         ax_pair[0].set_title(f"{kind}: {n} z={z}", fontsize=7); ax_pair[1].set_title(f"prediction, Dice {s:.2f}", fontsize=7)
         for a in ax_pair: a.axis("off")
@@ -278,7 +301,8 @@ def benchmark_inference(cases, model: nn.Module = None, patch_size: tuple = (256
     t0 = time.perf_counter()
     for im in images: predict_volume(net, im, patch_size, batch_size, amp)
     if dev.type == "cuda": torch.cuda.synchronize()
-    dt, n = time.perf_counter() - t0, sum(1 if im.ndim == 2 else len(im) for im in images)
+    single = 2 if input_channels(net) == 1 else 3                      # the dimensions of one slice: (H, W) or (C, H, W)
+    dt, n = time.perf_counter() - t0, sum(1 if im.ndim == single else len(im) for im in images)
     return {"what": "inference", "device": str(dev), "threads": torch.get_num_threads(), "img_size": list(patch_size),
             "batch_size": batch_size, "amp": amp, "fast": fast, "slices": n, "seconds": dt, "slices_per_s": n / dt}
 
@@ -305,7 +329,7 @@ def benchmark_metrics(cases, n_classes: int, n_cases: int = 4, shift: int = 2, w
 N_CLASSES = {name: spec.n_classes for name, spec in DATASETS.items()}
 
 def eval_cases(dataset: str, root, split: str):
-    "Labelled evaluation cases of `split`: 3-D volumes (ACDC, phantom) or annotated 2-D frames (MOSXAV layout); see `DatasetSpec`."
+    "Labelled evaluation cases of `split`: 3-D volumes (ACDC, phantom) or annotated 2-D frames (MOSXAV, EndoScapes); see `DatasetSpec`."
     return dataset_spec(dataset).eval_cases(root, split)
 
 def eval_parser() -> argparse.ArgumentParser:
@@ -314,7 +338,7 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", help="checkpoint (.pt) written by diffseg-train or save_checkpoint; optional with --bench")
     p.add_argument("--dataset", choices=sorted(N_CLASSES), default="synthetic")
     p.add_argument("--root", help="data set root (synthetic, xa-synthetic: default the cached phantom)")
-    p.add_argument("--split", default="val", help="any split with a <split>.list in the root (MOSXAV: train/val/test)")
+    p.add_argument("--split", default="val", help="any split with a <split>.list in the root (frame data sets: train/val/test)")
     p.add_argument("--out", help="write the results as JSON")
     p.add_argument("--img-size", type=int, help="network input size (default: the checkpoint's img_size, else 256)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass"); p.add_argument("--device", default=None)
@@ -347,7 +371,7 @@ def _eval(a) -> int:
     device = device_of(a.device) if a.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     spec = dataset_spec(a.dataset)
     root = spec.root(a.root, f"--dataset {a.dataset}")
-    model, ckpt = load_model(a.ckpt) if a.ckpt else (UNet(n_classes=N_CLASSES[a.dataset]), {})
+    model, ckpt = load_model(a.ckpt) if a.ckpt else (UNet(spec.in_channels, N_CLASSES[a.dataset]), {})
     size, cases, n_classes = _img_size(a, ckpt), eval_cases(a.dataset, root, a.split), N_CLASSES[a.dataset]
     if a.bench:
         results = [benchmark_inference(cases, model, size, a.batch_size, a.amp, a.fast, device, a.n_cases), benchmark_metrics(cases, n_classes, a.n_cases)]
@@ -357,7 +381,8 @@ def _eval(a) -> int:
     if getattr(model, "n_classes", n_classes) != n_classes:
         raise ModelError(f"{a.ckpt}: the checkpoint predicts {model.n_classes} classes but {a.dataset} has {n_classes}")
     names = spec.classes
-    ev = evaluate(model, cases, n_classes, size, a.batch_size, a.policy or spec.policy, amp=a.amp, device=device, class_names=names, fast=a.fast)
+    ev = evaluate(model, cases, n_classes, size, a.batch_size, a.policy or spec.policy, amp=a.amp, device=device, class_names=names, fast=a.fast,
+                  group_of=spec.group_of)
     print(f"{a.ckpt} on {a.dataset}/{a.split} ({len(cases)} cases, input {size[0]}×{size[1]}, {device})")
     print(ev.table()); print(ev.summary())
     if a.out:

@@ -20,7 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .data import DATASETS, IGNORE_INDEX, DataError, DiffsegError, H5Slices, dataset_spec, H5Volumes, default_synthetic_root, machine_description, zoom_nearest
+from .data import (DATASETS, IGNORE_INDEX, DataError, DiffsegError, H5Slices, dataset_spec, H5Volumes, channels_first,
+                              default_synthetic_root, machine_description, zoom_nearest)
 from .diffusion import RefineNet, calibration_guidance, consistency_weight, rectify, stage_weak_to_gt
 from .metrics import dice
 
@@ -246,7 +247,7 @@ def study_data(cfg: NoiseStudyConfig) -> dict:
     else:
         tr = spec.train_cases(root)
         cases, held = [tr.read(i) for i in range(len(tr)) if tr.has_label[i]], spec.eval_cases(root, "val")
-    image = lambda c: zoom_nearest(torch.as_tensor(c["image"], dtype=torch.float32)[None], size)
+    image = lambda c: zoom_nearest(channels_first(c["image"]), size)
     label = lambda c: zoom_nearest(torch.as_tensor(c["label"]).long(), size)
     images, labels = torch.stack([image(c) for c in cases]), torch.stack([label(c) for c in cases])
     v_img, v_lab = torch.stack([image(c) for c in held]), torch.stack([label(c) for c in held])

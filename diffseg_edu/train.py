@@ -152,8 +152,8 @@ def _overrides(d: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 def refine_config(cfg: TrainConfig, n_classes: int) -> RefineConfig:
-    "The rectifier's `RefineConfig`: the official one, with `cfg.refine` overrides."
-    return RefineConfig(n_classes=n_classes, **_overrides(cfg.refine))
+    "The rectifier's `RefineConfig`: the official one for the data set's classes and image channels, with `cfg.refine` overrides."
+    return RefineConfig(n_classes=n_classes, img_channels=DATASETS[cfg.dataset].in_channels, **_overrides(cfg.refine))
 
 def augment_config(cfg: TrainConfig) -> AugmentConfig:
     "The weak/strong augmentation of a run: the official one, with `cfg.augment` overrides."
@@ -399,7 +399,7 @@ class RunLog:
 def validate(seg: nn.Module, cases: list, cfg: TrainConfig, device: torch.device, metrics: Sequence = ("dice",)):
     "Evaluate `seg` on `cases` at the training size; the network is back in train mode afterwards."
     ev = evaluate(seg, cases, seg.n_classes, patch_size=(cfg.img_size, cfg.img_size), metrics=metrics, device=device,
-                  policy=DATASETS[cfg.dataset].policy)
+                  policy=DATASETS[cfg.dataset].policy, group_of=DATASETS[cfg.dataset].group_of)
     seg.train()
     return ev
 
@@ -510,7 +510,7 @@ def _train(cfg: TrainConfig, out: Path, dist: Distributed, resume: bool, progres
 # %% ../nbs/05_training.ipynb #26a958c9
 def final_metrics(cfg: TrainConfig, out: Path, device: torch.device) -> dict:
     """Full metrics of `out/best.pt` on `val` and `test` (where listed); written to `out/metrics.json`.
-    Cases are volumes, or annotated frames for the MOSXAV layout. When model selection used only the first `n_val` validation cases, `val_heldout` scores the others: cases no choice of the run saw (for frames: other frames, possibly of the same videos)."""
+    Cases are volumes, or annotated frames of frame data sets (averaged per sequence/video). When model selection used only the first `n_val` validation cases, `val_heldout` scores the others: cases no choice of the run saw (for frames: other frames, possibly of the same videos)."""
     model, ckpt = load_model(out / "best.pt", map_location=device)
     root, spec = data_root(cfg), DATASETS[cfg.dataset]
     res = {"best_iteration": ckpt.get("iteration"), "machine": machine_description()}
@@ -518,10 +518,11 @@ def final_metrics(cfg: TrainConfig, out: Path, device: torch.device) -> dict:
         if not spec.has_split(root, split): continue
         cases = spec.eval_cases(root, split)
         ev = evaluate(model, cases, model.n_classes, patch_size=(cfg.img_size, cfg.img_size), device=device,
-                      class_names=spec.classes, policy=spec.policy)
+                      class_names=spec.classes, policy=spec.policy, group_of=spec.group_of)
         res[split] = ev.to_dict()
         if split == "val" and cfg.n_val is not None and cfg.n_val < len(cases):
-            res["val_heldout"] = replace(ev, names=ev.names[cfg.n_val:], values=ev.values[cfg.n_val:], predictions=None).to_dict()
+            res["val_heldout"] = replace(ev, names=ev.names[cfg.n_val:], values=ev.values[cfg.n_val:], predictions=None,
+                                        groups=ev.groups[cfg.n_val:] if ev.groups else None).to_dict()
     (out / "metrics.json").write_text(json.dumps(res, indent=1))
     return res
 

@@ -40,7 +40,7 @@ def test_bench_prints_rates(capsys, synthetic_root):
 @pytest.mark.parametrize("args, message", [
     (["info", "--dataset", "acdc", "--root", "/nonexistent"], "no such split list"),
     (["info", "--dataset", "acdc"], "--dataset acdc needs --root"),
-    (["info", "--dataset", "mosxav", "--root", "/nonexistent"], "no MOSXAV split lists"),
+    (["info", "--dataset", "mosxav", "--root", "/nonexistent"], "no mosxav splits found (trainval/ImageSets"),
     (["preview", "--dataset", "synthetic", "--root", "/nonexistent"], "no such split list"),
 ])
 def test_errors(args, message, capsys):
