@@ -14,10 +14,10 @@ __all__ = ['IGNORE_INDEX', 'ACDC_CLASSES', 'LUMA', 'MOSXAV_CLASSES', 'MOSXAV_COL
            'write_mosxav_sample', 'class_key', 'check_label_map', 'read_rgb', 'read_endoscapes_mask', 'read_video_list',
            'EndoscapesFrames', 'write_endoscapes_sample', 'XASequence', 'draw_xa_sequence', 'xa_frame',
            'write_xa_synthetic', 'SequenceVolumes', 'Source', 'data_cache', 'sha256sum', 'fetch_file',
-           'finish_unpacked', 'download', 'class_stats', 'browse_volumes', 'default_synthetic_root', 'default_xa_root',
-           'AnnotatedFrames', 'DatasetSpec', 'dataset_spec', 'open_cases', 'dataset_info', 'benchmark_augment',
-           'benchmark_loader', 'os_message', 'guard_command', 'sha256_hex', 'positive_int', 'device_of', 'output_file',
-           'data_parser', 'main', 'machine_description']
+           'finish_unpacked', 'download', 'class_stats', 'widgets_live', 'browse_volumes', 'default_synthetic_root',
+           'default_xa_root', 'AnnotatedFrames', 'DatasetSpec', 'dataset_spec', 'open_cases', 'dataset_info',
+           'benchmark_augment', 'benchmark_loader', 'os_message', 'guard_command', 'sha256_hex', 'positive_int',
+           'device_of', 'output_file', 'data_parser', 'main', 'machine_description']
 
 # %% ../nbs/00_data.ipynb #a2dd4d7d
 import argparse, contextlib, hashlib, json, os, platform, re, shutil, sys, tarfile, time, zipfile
@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 class DiffsegError(ValueError):
     "Base of the package's own errors (bad data, settings, checkpoints); every command prints the message and exits with status 2."
 
+# %% ../nbs/00_data.ipynb #92a48a61s1
 class DataError(DiffsegError):
     "A data file or list is missing, unreadable or inconsistent; the message names the file and the problem."
 
@@ -56,6 +57,7 @@ def _check_image(path, image: np.ndarray, ndim: int) -> np.ndarray:
         raise DataError(f"{path}: 'image' has {bad} non-finite values (NaN or inf)")
     return image.astype(np.float32, copy=False)
 
+# %% ../nbs/00_data.ipynb #31c9b1b9s1
 def _check_label(path, label: np.ndarray, image_shape, n_classes: int, allowed: tuple = ()) -> np.ndarray:
     "Check shape, integrality and range (`0..n_classes-1`, plus values in `allowed`) of a label array read from `path`."
     if label.shape != image_shape:
@@ -143,10 +145,12 @@ class H5Cases(Dataset):
         if 0 in shape: raise DataError(f"{self.paths[i]}: 'image' is empty (shape {shape})")
         return shape
 
+# %% ../nbs/00_data.ipynb #77e6d454s1
 def H5Slices(root, split: str = "train_slices", n_classes: int = 4) -> H5Cases:
     "2-D training slices: `<root>/<split>.list` → `<root>/data/slices/<name>.h5`."
     return H5Cases(root, split, "data/slices", 2, n_classes)
 
+# %% ../nbs/00_data.ipynb #77e6d454s2
 def H5Volumes(root, split: str = "val", n_classes: int = 4) -> H5Cases:
     "3-D volumes of any split: `<root>/<split>.list` → `<root>/data/<name>.h5`."
     return H5Cases(root, split, "data", 3, n_classes)
@@ -163,6 +167,7 @@ class PhantomPatient:
     harmonics: tuple       # (a_k, psi_k) for k = 1..3
     n_slices: int
 
+# %% ../nbs/00_data.ipynb #a904a7f6s1
 def draw_patient(rng: np.random.Generator) -> PhantomPatient:
     "Draw the geometry of one patient."
     H, W = (int(rng.integers(18, 27)) * 8 for _ in range(2))
@@ -204,6 +209,7 @@ def _smooth_field(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
     f = ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
     return (f - f.mean()) / (f.std() + 1e-8)
 
+# %% ../nbs/00_data.ipynb #bb7d881cs1
 def phantom_image(label: np.ndarray, rng: np.random.Generator, noise: float = 0.04) -> tuple:
     "MR-like image for a phantom label map: (image float32, label uint8 with classes 0..3)."
     H, W = label.shape
@@ -234,12 +240,14 @@ def phantom_volume(p: PhantomPatient, systole: bool, rng: np.random.Generator) -
 class FolderBusy(DiffsegError):
     "Another process writes into the folder; the message names the folder and the holder."
 
+# %% ../nbs/00_data.ipynb #lock0codes1
 @contextlib.contextmanager
 def folder_lock(folder, what: str, wait: float = 0):
     """Hold `folder` (created if missing) for this process while the `with` block runs; `what` describes the holder.
     Another holder is waited for up to `wait` seconds, then `FolderBusy` names the folder and that holder."""
     from filelock import FileLock, Timeout
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     lock, holder = FileLock(folder / ".lock"), folder / ".lock.holder"
     try: lock.acquire(timeout=wait)
     except Timeout:
@@ -262,20 +270,26 @@ def _write_h5(path: Path, image: np.ndarray, label: np.ndarray):
         f.create_dataset("label", data=label)
     os.replace(tmp, path)
 
+# %% ../nbs/00_data.ipynb #4f0b78b4s1
 def write_once(dest, spec: dict, what: str, write: Callable, wait: float = 0) -> Path:
     """`write(dest)` unless `dest` already holds what `spec` describes (a marker file written last); returns `dest`.
     One writer at a time (`folder_lock`, described by `what`): another is waited for up to `wait` seconds, then `FolderBusy`."""
-    dest = Path(dest); marker = dest / ".diffseg-complete"
+    dest = Path(dest)
+    marker = dest / ".diffseg-complete"
     def done():
         try: return json.loads(marker.read_text()) == spec
         except (OSError, ValueError): return False              # absent, or being written by another process
     if done(): return dest
     with folder_lock(dest, what, wait):
         if not done():                                          # a writer we waited for may have finished it
-            marker.unlink(missing_ok=True); write(dest)
-            staged = marker.with_name(marker.name + ".tmp"); staged.write_text(json.dumps(spec)); staged.replace(marker)
+            marker.unlink(missing_ok=True)
+            write(dest)
+            staged = marker.with_name(marker.name + ".tmp")
+            staged.write_text(json.dumps(spec))
+            staged.replace(marker)
     return dest
 
+# %% ../nbs/00_data.ipynb #4f0b78b4s2
 def write_synthetic(dest, n_train: int = 20, n_val: int = 5, n_test: int = 5, seed: int = 0, wait: float = 0) -> Path:
     "Generate the phantom data set in SSL4MIS layout under `dest`; returns `dest`. Idempotent for the same arguments (`write_once`)."
     spec = {"n_train": n_train, "n_val": n_val, "n_test": n_test, "seed": seed, "version": 1}
@@ -283,6 +297,7 @@ def write_synthetic(dest, n_train: int = 20, n_val: int = 5, n_test: int = 5, se
     return write_once(dest, spec, f"the phantom generator ({n_train}/{n_val}/{n_test} patients, seed {seed})",
                       lambda d: _write_phantom(d, n_train, n_val, n_test, seed), wait)
 
+# %% ../nbs/00_data.ipynb #4f0b78b4s3
 def _write_phantom(dest: Path, n_train: int, n_val: int, n_test: int, seed: int):
     (dest / "data" / "slices").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -310,6 +325,7 @@ def label_palette(n_classes: int) -> np.ndarray:
     import matplotlib
     return np.concatenate([np.zeros((1, 3)), matplotlib.colormaps["tab10"](np.arange(n_classes - 1) % 10)[:, :3]])
 
+# %% ../nbs/00_data.ipynb #10754033s1
 def overlay(image: np.ndarray, label: np.ndarray, n_classes: int = 4, alpha: float = 0.45) -> np.ndarray:
     "RGB overlay of a (H, W) label on a (H, W) grey or (3, H, W) colour image in [0, 1]; ignored pixels keep the image's colour."
     image = np.clip(np.asarray(image), 0, 1)
@@ -323,7 +339,8 @@ def show_overlays(images: Sequence, labels: Sequence, n_classes: int = 4, titles
                   ncols: int = 4, size: float = 2.4):
     "A grid of image/label overlays; returns the matplotlib figure."
     import matplotlib.pyplot as plt
-    n = len(images); nrows = -(-n // ncols)
+    n = len(images)
+    nrows = -(-n // ncols)
     fig, axes = plt.subplots(nrows, min(n, ncols), figsize=(size * min(n, ncols), size * nrows), squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -339,6 +356,7 @@ def patient_of(name: str) -> str:
     m = re.match(r"(patient\d+)", name)
     return m.group(1) if m else name.split("_")[0]
 
+# %% ../nbs/00_data.ipynb #32c2c4a7s1
 def split_by_group(names: Sequence, n_labeled: int, group_of: Callable = patient_of,
                    has_label: Sequence = None, seed: int = None) -> tuple:
     """Indices `(labeled_idx, unlabeled_idx)`: rows of the first `n_labeled` groups (order of first appearance,
@@ -354,6 +372,7 @@ def split_by_group(names: Sequence, n_labeled: int, group_of: Callable = patient
     labeled = [i for i, n in enumerate(names) if group_of(n) in chosen and has_label[i]]
     return labeled, [i for i in range(len(names)) if i not in set(labeled)]
 
+# %% ../nbs/00_data.ipynb #32c2c4a7s2
 def patients_to_slices(names: Sequence, n_patients: int, group_of: Callable = patient_of) -> int:
     "Number of leading rows of the canonical list that hold the first `n_patients` patients; they must be contiguous."
     labeled, _ = split_by_group(names, n_patients, group_of)
@@ -410,6 +429,7 @@ def _nearest_index(n: int, o: int, device=None) -> torch.Tensor:
     if o == 1: return torch.zeros(1, dtype=torch.long, device=device)
     return torch.floor(torch.arange(o, dtype=torch.float64, device=device) * ((n - 1) / (o - 1)) + 0.5).long().clamp_(0, n - 1)
 
+# %% ../nbs/00_data.ipynb #53683840s1
 def zoom_nearest(x: torch.Tensor, size: tuple) -> torch.Tensor:
     "Resize the last two dims of `x` to `size` exactly as `scipy.ndimage.zoom(order=0)` does."
     h, w = x.shape[-2:]
@@ -464,10 +484,12 @@ def smooth3x3(x: torch.Tensor) -> torch.Tensor:
     out[..., 1:-1, 1:-1] = (box + 4 * x[..., 1:-1, 1:-1]) / 13
     return out
 
+# %% ../nbs/00_data.ipynb #3eb6d601s1
 def _blend(degenerate: torch.Tensor, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     "PIL's `Image.blend(degenerate, x, f)` with clipping to [0, 1]."
     return (degenerate + f.view(-1, 1, 1, 1) * (x - degenerate)).clamp_(0, 1)
 
+# %% ../nbs/00_data.ipynb #3eb6d601s2
 LUMA = (0.299, 0.587, 0.114)    # PIL's RGB → L weights (ITU-R 601-2)
 
 def enhance(x: torch.Tensor, op: int, f: torch.Tensor) -> torch.Tensor:
@@ -498,6 +520,7 @@ def _where_apply(x: torch.Tensor, mask: torch.Tensor, fn: Callable) -> torch.Ten
         x[idx] = fn(x[idx])
     return x
 
+# %% ../nbs/00_data.ipynb #17f20154s1
 class WeakStrongAugment:
     "Batched weak/strong augmentation on the tensors' device: `(image, label, labeled) → training batch`."
     def __init__(self, cfg: AugmentConfig = None): self.cfg = cfg or AugmentConfig()
@@ -531,6 +554,7 @@ def channels_first(image) -> torch.Tensor:
     x = torch.as_tensor(np.asarray(image), dtype=torch.float32)
     return x[None] if x.ndim == 2 else x
 
+# %% ../nbs/00_data.ipynb #34452bf6s1
 class SemiSupervisedSlices(Dataset):
     "Training view of `cases`: `{image (C, H, W), label (H, W), labeled, index}` at `patch_size`; unlabelled labels are never read."
     def __init__(self, cases, labeled_idx: Sequence, patch_size: tuple = (256, 256)):
@@ -544,6 +568,7 @@ class SemiSupervisedSlices(Dataset):
                  else torch.full(self.patch_size, IGNORE_INDEX, dtype=torch.long))
         return {"image": image, "label": label, "labeled": torch.tensor(has), "index": i}
 
+# %% ../nbs/00_data.ipynb #34452bf6s2
 def train_loader(cases, labeled_idx: Sequence, unlabeled_idx: Sequence, batch_size: int = 6, labeled_bs: int = 3,
                  patch_size: tuple = (256, 256), seed: int = 0, num_workers: int = 0) -> DataLoader:
     "A DataLoader of `[labelled | unlabelled]` batches; its `batch_sampler` is the `TwoStreamBatchSampler`."
@@ -559,12 +584,13 @@ def sequence_of(name: str) -> str:
     "Sequence of a MOSXAV frame name `vXX/00000`."
     return name.split("/")[0]
 
+# %% ../nbs/00_data.ipynb #b0126cb3s1
 def read_mosxav_mask(path, n_classes: int = 5, shape: tuple = None) -> np.ndarray:
     "Checked class ids of a MOSXAV semantic mask (palette/grey indices or RGB colours); 'Others' (5) → IGNORE_INDEX."
     from PIL import Image
     try:
         with Image.open(path) as im:
-            mode, arr = im.mode, np.asarray(im.convert("RGB") if im.mode not in ("P", "L") else im)
+            arr = np.asarray(im.convert("RGB") if im.mode not in ("P", "L") else im)
     except OSError as e:
         raise DataError(f"{path}: cannot read the mask: {e}") from None
     if arr.ndim == 3:
@@ -585,6 +611,7 @@ def _sequence_frames(base: Path, seq: str, listing: Path) -> list:
         raise DataError(f"{listing}: sequence {seq!r} has no frames in {base / 'JPEGImages' / seq}")
     return frames
 
+# %% ../nbs/00_data.ipynb #27886c0ds1
 class MOSXAVFrames(Dataset):
     "Frames of the MOSXAV sequences listed in `ImageSets/<split>.txt` (`train`, `val`: trainval; `test`: test)."
     def __init__(self, root, split: str = "train", n_classes: int = 5):
@@ -641,7 +668,8 @@ def write_mosxav_sample(dest, n_train: int = 3, n_val: int = 1, n_test: int = 1,
             base = dest / subset
             (base / "ImageSets").mkdir(parents=True, exist_ok=True)
             for split, n in splits.items():
-                names = [f"v{seq_id + k:02d}" for k in range(n)]; seq_id += n
+                names = [f"v{seq_id + k:02d}" for k in range(n)]
+                seq_id += n
                 (base / "ImageSets" / f"{split}.txt").write_text("\n".join(names) + "\n")
                 for seq in names:
                     for d in ("JPEGImages", "Annotations_Semantic"): (base / d / seq).mkdir(parents=True, exist_ok=True)
@@ -667,6 +695,7 @@ def class_key(name: str) -> str:
     key = " ".join(re.sub(r"[^a-z0-9]+", " ", name.lower()).split())
     return ENDOSCAPES_ALIASES.get(key, key)
 
+# %% ../nbs/00_data.ipynb #endo0codes1
 def check_label_map(path, classes: Sequence = ENDOSCAPES_CLASSES) -> dict:
     """`{id: name}` of a `seg_label_map.txt`, refused unless it agrees with `classes` (background first). One class per line, the line
     index its id; a line may carry its id (`3 cystic artery`, `cystic_artery: 3`); a file without background starts at id 1."""
@@ -699,6 +728,7 @@ def read_rgb(path) -> np.ndarray:
         raise DataError(f"{path}: a {mode} image with {1 if pixels.ndim == 2 else pixels.shape[-1]} channel(s); this data set's frames are RGB (3)")
     return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32) / 255
 
+# %% ../nbs/00_data.ipynb #endo1codes1
 def read_endoscapes_mask(path, n_classes: int = 7, shape: tuple = None) -> np.ndarray:
     "Class ids of an EndoScapes `semseg/` mask: the id repeated in the three channels (or one channel), checked against the classes."
     from PIL import Image
@@ -727,12 +757,14 @@ def read_video_list(path) -> list:
     if twice: raise DataError(f"{path}: video(s) {twice} listed more than once")
     return ids
 
+# %% ../nbs/00_data.ipynb #endo2codes1
 def _frame_name(path: Path) -> str:
     "`video/frame` of an EndoScapes file `<video>_<frame>.jpg`."
     m = re.fullmatch(r"(\d+)_(\d+)", path.stem)
     if not m: raise DataError(f"{path}: expected a frame named <video>_<frame>.jpg (numbers)")
     return f"{m[1]}/{m[2]}"
 
+# %% ../nbs/00_data.ipynb #endo2codes2
 def _check_videos(root: Path, split: str, videos: set):
     "Every video of `<split>_seg/` in its list and in no other split's list; every listed video has frames."
     lists = {s: root / f"{s}_seg_vids.txt" for s in ENDOSCAPES_SPLITS if (root / f"{s}_seg_vids.txt").is_file()}
@@ -792,7 +824,8 @@ def write_endoscapes_sample(dest, videos: tuple = (3, 1, 1), n_frames: int = 6, 
         vid = 1
         for split, n in zip(ENDOSCAPES_SPLITS, videos):
             (dest / f"{split}_seg").mkdir(exist_ok=True)
-            ids = list(range(vid, vid + n)); vid += n
+            ids = list(range(vid, vid + n))
+            vid += n
             (dest / f"{split}_seg_vids.txt").write_text("".join(f"{v:.18e}\n" for v in ids))
             for v in ids:
                 cy, cx, tilt = rng.uniform(0.35, 0.55), rng.uniform(0.4, 0.6), rng.uniform(-0.3, 0.3)
@@ -833,14 +866,17 @@ class XASequence:
     anatomy: np.ndarray # smooth background attenuation, (size, size) in [0.5, 1]
     ribs: list          # (offset, slope, curvature) of the rib-like bands
 
+# %% ../nbs/00_data.ipynb #xa0seqs1
 def _walk(rng, start, heading: float, n: int, bend: float) -> np.ndarray:
     "A smooth random walk of `n` unit steps from `start`: the turn rate itself wanders (a tortuous vessel)."
     pts, h, turn = [np.asarray(start, float)], heading, 0.0
     for _ in range(n - 1):
-        turn = 0.8 * turn + rng.normal(0, bend); h += turn
+        turn = 0.8 * turn + rng.normal(0, bend)
+        h += turn
         pts.append(pts[-1] + np.array([np.sin(h), np.cos(h)]))
     return np.array(pts)
 
+# %% ../nbs/00_data.ipynb #xa0seqs2
 def _curve(a, m, b, n: int) -> np.ndarray:
     "`n` points of the quadratic Bézier curve from `a` through the pull of `m` to `b`."
     t = np.linspace(0, 1, n)[:, None]
@@ -854,12 +890,14 @@ def draw_xa_sequence(rng: np.random.Generator, size: int = 128) -> XASequence:
     main = _walk(rng, ostium, U(0.8, 1.4), int(120 * s), 0.04)
     tree, radii, arc = [main], [np.linspace(3.2, 1.6, len(main)) * s], [np.linspace(0, 1, len(main))]
     for _ in range(rng.integers(3, 6)):                                    # branches, off the main vessel or off a branch
-        parent = int(rng.integers(0, len(tree))); n = len(tree[parent])
+        parent = int(rng.integers(0, len(tree)))
+        n = len(tree[parent])
         at = int(rng.integers(n // 6, n * 3 // 4))
         d = tree[parent][min(at + 1, n - 1)] - tree[parent][at]
         branch = _walk(rng, tree[parent][at], np.arctan2(d[0], d[1]) + rng.choice([-1, 1]) * U(0.5, 1.1), int(U(30, 70) * s), 0.06)
         r0 = radii[parent][at] * U(0.6, 0.85)
-        tree.append(branch); radii.append(np.linspace(r0, max(0.9 * s, 0.5 * r0), len(branch)))
+        tree.append(branch)
+        radii.append(np.linspace(r0, max(0.9 * s, 0.5 * r0), len(branch)))
         arc.append(arc[parent][at] + np.linspace(0, 0.6, len(branch)))
     top = max(float(a.max()) for a in arc)
     entry = np.array([1.05, U(0.5, 0.9)]) * size
@@ -868,7 +906,9 @@ def draw_xa_sequence(rng: np.random.Generator, size: int = 128) -> XASequence:
     wire = crossing(np.array([-0.05, U(0, 1)]) * size, np.array([1.05, U(0, 1)]) * size) if rng.random() < 0.8 else None
     balloon = None
     if rng.random() < 0.75:
-        v = int(rng.integers(0, len(tree))); n = len(tree[v]); i = int(rng.integers(n // 5, max(n // 5 + 1, n - int(12 * s))))
+        v = int(rng.integers(0, len(tree)))
+        n = len(tree[v])
+        i = int(rng.integers(n // 5, max(n // 5 + 1, n - int(12 * s))))
         balloon = (v, i, min(n - 1, i + int(U(8, 14) * s)))
     other = crossing(np.array([U(0, 1), -0.05]) * size, np.array([U(0, 1), 1.05]) * size) if rng.random() < 0.5 else None
     anatomy = ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), 0.12 * size)
@@ -881,13 +921,16 @@ def draw_xa_sequence(rng: np.random.Generator, size: int = 128) -> XASequence:
 def _tube(size: int, pts: np.ndarray, radius) -> tuple:
     "Mask of the pixels within `radius` (one value, or one per point) of the polyline `pts`, and each pixel's nearest point."
     grid, idx = np.zeros((size, size), bool), np.full((size, size), -1)
-    ij = np.round(pts).astype(int); ok = (ij >= 0).all(1) & (ij < size).all(1)
+    ij = np.round(pts).astype(int)
+    ok = (ij >= 0).all(1) & (ij < size).all(1)
     if not ok.any(): return grid, np.zeros((size, size), int)
-    grid[ij[ok, 0], ij[ok, 1]] = True; idx[ij[ok, 0], ij[ok, 1]] = np.nonzero(ok)[0]
+    grid[ij[ok, 0], ij[ok, 1]] = True
+    idx[ij[ok, 0], ij[ok, 1]] = np.nonzero(ok)[0]
     dist, (ny, nx) = ndimage.distance_transform_edt(~grid, return_indices=True)
     nearest = idx[ny, nx]
     return dist <= np.broadcast_to(np.asarray(radius, float), (len(pts),))[nearest], nearest
 
+# %% ../nbs/00_data.ipynb #xa0frames1
 def xa_frame(seq: XASequence, t: int, n_frames: int, rng: np.random.Generator) -> tuple:
     "`(image (H, W) in [0, 1], label (H, W), others mask)` of frame `t`; the 'Others' device is labelled only by the caller (test)."
     size, s = seq.size, seq.size / 128
@@ -903,13 +946,15 @@ def xa_frame(seq: XASequence, t: int, n_frames: int, rng: np.random.Generator) -
         vessel = np.maximum(vessel, filled * fade)
         label[filled & (fade >= 0.35)] = 1                                                  # annotated where the contrast shows it
     none = np.zeros((size, size), bool)
-    guide = _tube(size, seq.guide + shift, 1.6 * s)[0]; label[guide] = 2
+    guide = _tube(size, seq.guide + shift, 1.6 * s)[0]
+    label[guide] = 2
     wire = _tube(size, seq.wire + shift, 1.1 * s)[0] if seq.wire is not None else none
     label[wire & (label == 0)] = 3
     balloon = none
     if seq.balloon is not None:
         v, i, j = seq.balloon
-        balloon = _tube(size, heart(seq.tree[v][i:j + 1]), seq.radii[v][i] + 1.5 * s)[0]; label[balloon] = 4
+        balloon = _tube(size, heart(seq.tree[v][i:j + 1]), seq.radii[v][i] + 1.5 * s)[0]
+        label[balloon] = 4
     other = _tube(size, seq.other + shift, 1.0 * s)[0] if seq.other is not None else none
     yy, xx = np.mgrid[0:size, 0:size]
     ribs = sum(np.exp(-((yy - (off + shift[0] + slope * xx + curv * (xx - size / 2) ** 2)) / (0.035 * size)) ** 2) for off, slope, curv in seq.ribs)
@@ -932,14 +977,17 @@ def write_xa_synthetic(dest, n_train: int = 8, n_val: int = 2, n_test: int = 2, 
     return write_once(dest, spec, f"the angiography phantom generator ({n_train}/{n_val}/{n_test} sequences, seed {seed})",
                       lambda d: _write_xa(d, spec), wait)
 
+# %% ../nbs/00_data.ipynb #xa0writes1
 def _write_xa(dest: Path, spec: dict):
     from PIL import Image
     for subset in ("trainval", "test"): shutil.rmtree(dest / subset, ignore_errors=True)   # a phantom of other settings: no stale frames
     rng, k = np.random.default_rng(spec["seed"]), 0
     for subset, splits in (("trainval", ("train", "val")), ("test", ("test",))):
-        base = dest / subset; (base / "ImageSets").mkdir(parents=True, exist_ok=True)
+        base = dest / subset
+        (base / "ImageSets").mkdir(parents=True, exist_ok=True)
         for split in splits:
-            names = [f"v{k + j:02d}" for j in range(spec[f"n_{split}"])]; k += len(names)
+            names = [f"v{k + j:02d}" for j in range(spec[f"n_{split}"])]
+            k += len(names)
             for name in names:
                 seq = draw_xa_sequence(rng, spec["size"])
                 for d in ("JPEGImages", "Annotations_Semantic"): (base / d / name).mkdir(parents=True, exist_ok=True)
@@ -974,6 +1022,7 @@ class Source:
     layout: str = "train_slices.list"   # a path that identifies the data set root once unpacked
     note: str = ""
 
+# %% ../nbs/00_data.ipynb #51eab984s1
 REGISTRY = {
     "mosxav": Source(folder_id="1d-kOWF7TkXqkRAfmh0ugkEvT9NmXr3cP", layout="trainval/ImageSets",
                      note="MOSXAV (Xi et al. 2025), Google Drive folder listed at github.com/xilin-x/MOSXAV; CC BY-NC-SA 4.0."),
@@ -988,6 +1037,7 @@ def data_cache() -> Path:
     "The data cache folder: `$DIFFSEG_DATA`, default `~/.cache/diffseg_edu`."
     return Path(os.environ.get("DIFFSEG_DATA") or "~/.cache/diffseg_edu").expanduser()
 
+# %% ../nbs/00_data.ipynb #51eab984s2
 def sha256sum(path, chunk: int = 1 << 20) -> str:
     "SHA-256 hex digest of a file."
     h = hashlib.sha256()
@@ -999,7 +1049,8 @@ def sha256sum(path, chunk: int = 1 << 20) -> str:
 def fetch_file(url_or_id: str, dest, sha256: str = None, size: int = None, quiet: bool = True) -> Path:
     "Download `url_or_id` (URL or Drive file id) with gdown to `dest`, resuming; `dest` appears only once verified."
     import gdown
-    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.is_file() and (sha256 is None or sha256sum(dest) == sha256):
         return dest
     staging = dest.with_name(dest.name + ".download")
@@ -1040,10 +1091,12 @@ def _safe_extract(archive: Path, into: Path):
     else:
         raise DataError(f"{archive}: not a zip or tar archive")
 
+# %% ../nbs/00_data.ipynb #7161f8aes1
 def finish_unpacked(tmp: Path, dest: Path, layout: str) -> Path:
     "Unpack archives found in `tmp`, locate the data set root by `layout`, move it to `dest` and mark it complete."
     for archive in [p for p in tmp.rglob("*") if p.is_file() and (zipfile.is_zipfile(p) or tarfile.is_tarfile(p))]:
-        _safe_extract(archive, archive.parent); archive.unlink()
+        _safe_extract(archive, archive.parent)
+        archive.unlink()
     hits = sorted(tmp.rglob(Path(layout).name), key=lambda p: len(p.parts))
     hits = [h for h in hits if h.as_posix().endswith(layout)]
     if not hits:
@@ -1071,7 +1124,8 @@ def download(name: str, dest=None, url: str = None, sha256: str = None, quiet: b
     if url is None and src.folder_id is None:
         raise DataError(f"{name}: no download source is known. {src.note}")
     tmp = dest.with_name(dest.name + ".unpacking")
-    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     if url is not None:
         archive = fetch_file(url, data_cache() / "downloads" / f"{name}-{hashlib.sha1(url.encode()).hexdigest()[:10]}",
                              sha256=sha256 or (src.sha256 if url == src.url else None), size=src.size if url == src.url else None, quiet=quiet)
@@ -1094,12 +1148,13 @@ def class_stats(cases, n_classes: int, indices: Sequence = None) -> dict:
     for i in indices:
         lab = cases.read(i)["label"]
         counts = np.bincount(lab[lab < n_classes].ravel(), minlength=n_classes)
-        pixels += counts; present += counts > 0
+        pixels += counts
+        present += counts > 0
     n = max(len(indices), 1)
     return {"pixel_fraction": (pixels / max(pixels.sum(), 1)).tolist(), "presence": (present / n).tolist(), "cases": len(indices)}
 
 # %% ../nbs/00_data.ipynb #2d40459d
-def _widgets_live() -> bool:
+def widgets_live() -> bool:
     "True inside a Jupyter kernel that can display widgets; False under nbdev_test or with `DIFFSEG_STATIC=1` (static renders)."
     try:
         from IPython import get_ipython
@@ -1108,10 +1163,11 @@ def _widgets_live() -> bool:
     except Exception:
         return False
 
+# %% ../nbs/00_data.ipynb #2d40459ds1
 def browse_volumes(volumes, n_classes: int = 4, static: bool = None):
     "Case/slice sliders over `volumes` with ipywidgets; a static grid of middle slices when widgets are unavailable."
     import matplotlib.pyplot as plt
-    if static if static is not None else not _widgets_live():
+    if static if static is not None else not widgets_live():
         picks = [volumes.read(i) for i in range(min(4, len(volumes)))]
         return show_overlays([p["image"][len(p["image"]) // 2] for p in picks], [p["label"][len(p["label"]) // 2] for p in picks],
                              n_classes, titles=[p["name"] for p in picks])
@@ -1121,14 +1177,21 @@ def browse_volumes(volumes, n_classes: int = 4, static: bool = None):
     depth = widgets.IntSlider(0, 0, 0, description="slice")
     out, cache = widgets.Output(), {}
     def draw(*_):
-        if case.value not in cache: cache.clear(); cache[case.value] = volumes.read(case.value)
-        v = cache[case.value]; depth.max = len(v["image"]) - 1
+        if case.value not in cache:
+            cache.clear()
+            cache[case.value] = volumes.read(case.value)
+        v = cache[case.value]
+        depth.max = len(v["image"]) - 1
         with out:
             out.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(4, 4)); ax.axis("off")
-            ax.imshow(overlay(v["image"][depth.value], v["label"][depth.value], n_classes)); ax.set_title(f"{v['name']} slice {depth.value}")
+            fig, ax = plt.subplots(figsize=(4, 4))
+            ax.axis("off")
+            ax.imshow(overlay(v["image"][depth.value], v["label"][depth.value], n_classes))
+            ax.set_title(f"{v['name']} slice {depth.value}")
             plt.show()
-    case.observe(draw, "value"); depth.observe(draw, "value"); draw()
+    case.observe(draw, "value")
+    depth.observe(draw, "value")
+    draw()
     display(widgets.VBox([case, depth, out]))
 
 # %% ../nbs/00_data.ipynb #4f8ef79b
@@ -1136,6 +1199,7 @@ def default_synthetic_root() -> Path:
     "The phantom data set in the data cache, generated on first use."
     return write_synthetic(data_cache() / "synthetic", wait=600)   # notebooks run in parallel may all ask for it at once
 
+# %% ../nbs/00_data.ipynb #4f8ef79bs1
 def default_xa_root() -> Path:
     "The angiography phantom in the data cache, generated on first use."
     return write_xa_synthetic(data_cache() / "xa-synthetic", wait=600)
@@ -1192,6 +1256,7 @@ class DatasetSpec:
         if not any(frames.has_label): raise DataError(f"{root}: split {split!r} has no annotated frames")
         return AnnotatedFrames(frames)
 
+# %% ../nbs/00_data.ipynb #reg1codes1
 DATASETS = {"acdc": DatasetSpec(ACDC_CLASSES, "ssl4mis"),
             "synthetic": DatasetSpec(ACDC_CLASSES, "ssl4mis", default_root=default_synthetic_root),
             "mosxav": DatasetSpec(MOSXAV_CLASSES, "mosxav", policy="nan"),
@@ -1202,12 +1267,14 @@ def dataset_spec(name: str) -> DatasetSpec:
     if name not in DATASETS: raise DataError(f"unknown data set {name!r} (choose from {sorted(DATASETS)})")
     return DATASETS[name]
 
+# %% ../nbs/00_data.ipynb #reg1codes2
 def open_cases(dataset: str, root, split: str):
     "The case collection of `split`: SSL4MIS slices for `train_slices`, else volumes; frame data sets: frames."
     spec = dataset_spec(dataset)
     if spec.layout != "ssl4mis": return spec.frames(root, split)
     return H5Slices(root, split) if split == "train_slices" else H5Volumes(root, split)
 
+# %% ../nbs/00_data.ipynb #reg1codes3
 def _sizes(shapes) -> dict:
     a = np.array(shapes)
     return {"min": a.min(0).tolist(), "max": a.max(0).tolist(), "distinct": len({tuple(s) for s in shapes})}
@@ -1256,13 +1323,15 @@ def benchmark_augment(img_size: int = 256, batch_size: int = 24, n_iters: int = 
     aug, times = WeakStrongAugment(), []
     for k in range(warmup + n_iters):
         if dev.type == "cuda": torch.cuda.synchronize()
-        t0 = time.perf_counter(); aug(image, label, labeled, g)
+        t0 = time.perf_counter()
+        aug(image, label, labeled, g)
         if dev.type == "cuda": torch.cuda.synchronize()
         if k >= warmup: times.append(time.perf_counter() - t0)
     med = float(np.median(times))
     return {"what": "augment", "device": str(dev), "threads": torch.get_num_threads(), "img_size": img_size,
             "batch_size": batch_size, "median_s": med, "slices_per_s": batch_size / med}
 
+# %% ../nbs/00_data.ipynb #614b99d2s1
 def benchmark_loader(cases, img_size: int = 256, batch_size: int = 24, n_batches: int = 10, num_workers: int = 0) -> dict:
     "Slices per second from h5 files to an augmented batch (read, resize, collate, augment) on the CPU."
     lab, unl = split_by_group(cases.names, max(1, len({patient_of(n) for n in cases.names}) // 2))
@@ -1271,8 +1340,11 @@ def benchmark_loader(cases, img_size: int = 256, batch_size: int = 24, n_batches
     t0 = time.perf_counter()
     for _ in range(n_batches):
         try: raw = next(it)
-        except StopIteration: it = iter(loader); raw = next(it)
-        aug(raw["image"], raw["label"], raw["labeled"], g); n += len(raw["image"])
+        except StopIteration:
+            it = iter(loader)
+            raw = next(it)
+        aug(raw["image"], raw["label"], raw["labeled"], g)
+        n += len(raw["image"])
     dt = time.perf_counter() - t0
     return {"what": "loader+augment", "workers": num_workers, "img_size": img_size, "batch_size": batch_size,
             "slices": n, "seconds": dt, "slices_per_s": n / dt}
@@ -1283,6 +1355,7 @@ def os_message(e: OSError) -> str:
     names = " → ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
     return f"{names}: {e.strerror}" if names and e.strerror else str(e).replace("\n", " ")
 
+# %% ../nbs/00_data.ipynb #cli0codes1
 def guard_command(prog: str, body: Callable, *args, on_interrupt: Callable = None) -> int:
     """`body(*args)`, a command's work, with its failures as exit statuses: a `DiffsegError` or `OSError` prints one line and returns 2,
     Ctrl-C prints `on_interrupt()` (where to resume) and returns 130."""
@@ -1299,6 +1372,7 @@ def sha256_hex(value: str) -> str:
     if not re.fullmatch(r"[0-9a-fA-F]{64}", value): raise argparse.ArgumentTypeError(f"{value!r} is not a SHA-256 digest (64 hex digits)")
     return value.lower()
 
+# %% ../nbs/00_data.ipynb #cli1codes1
 def positive_int(value: str) -> int:
     "An argparse type: an integer ≥ 1 (sizes and counts)."
     try: n = int(value)
@@ -1306,6 +1380,7 @@ def positive_int(value: str) -> int:
     if n < 1: raise argparse.ArgumentTypeError(f"{n} must be at least 1")
     return n
 
+# %% ../nbs/00_data.ipynb #cli1codes2
 def device_of(name: str) -> torch.device:
     "`torch.device(name)`, refused with a clear message when the name is not a device or the device is absent here."
     try: device = torch.device(name)
@@ -1317,6 +1392,7 @@ def device_of(name: str) -> torch.device:
     if device.type == "mps" and not (mps is not None and mps.is_available()): raise DiffsegError(f"--device {name}: MPS is not available here")
     return device
 
+# %% ../nbs/00_data.ipynb #cli1codes3
 def output_file(path, what: str = "--out") -> Path:
     "`path` as a file a command may write (its folder created); checked before the work starts, so a bad `--out` costs nothing."
     path = Path(path)
@@ -1335,22 +1411,34 @@ def data_parser() -> argparse.ArgumentParser:
     i.add_argument("--root", help="data set root (synthetic: default the cached phantom)")
     i.add_argument("--labeled-patients", type=positive_int, help="labelled patients (MOSXAV: sequences)")
     s = sub.add_parser("synthetic", help="write the synthetic phantom data set")
-    s.add_argument("--dest", required=True); s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--train", type=positive_int, default=20); s.add_argument("--val", type=positive_int, default=5); s.add_argument("--test", type=positive_int, default=5)
+    s.add_argument("--dest", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--train", type=positive_int, default=20)
+    s.add_argument("--val", type=positive_int, default=5)
+    s.add_argument("--test", type=positive_int, default=5)
     v = sub.add_parser("preview", help="save an overlay grid PNG")
-    v.add_argument("--dataset", choices=sorted(DATASETS), required=True); v.add_argument("--root")
-    v.add_argument("--split", default=None); v.add_argument("--n", type=positive_int, default=8); v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--dataset", choices=sorted(DATASETS), required=True)
+    v.add_argument("--root")
+    v.add_argument("--split", default=None)
+    v.add_argument("--n", type=positive_int, default=8)
+    v.add_argument("--seed", type=int, default=0)
     v.add_argument("--out", default="preview.png")
     d = sub.add_parser("download", help="download and unpack a data set into the cache (or --dest)")
-    d.add_argument("name", choices=sorted(REGISTRY)); d.add_argument("--dest"); d.add_argument("--url", help="URL or Google Drive file id")
+    d.add_argument("name", choices=sorted(REGISTRY))
+    d.add_argument("--dest")
+    d.add_argument("--url", help="URL or Google Drive file id")
     d.add_argument("--sha256", type=sha256_hex, help="the archive's expected SHA-256 (64 hex digits), checked before anything is fetched")
     b = sub.add_parser("bench", help="augmentation throughput (and the file-to-batch path with --root)")
-    b.add_argument("--img-size", type=positive_int, default=256); b.add_argument("--batch-size", type=positive_int, default=24)
-    b.add_argument("--iters", type=positive_int, default=20); b.add_argument("--device", default="cpu")
-    b.add_argument("--dataset", choices=["acdc", "synthetic"], default="synthetic"); b.add_argument("--root")
+    b.add_argument("--img-size", type=positive_int, default=256)
+    b.add_argument("--batch-size", type=positive_int, default=24)
+    b.add_argument("--iters", type=positive_int, default=20)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--dataset", choices=["acdc", "synthetic"], default="synthetic")
+    b.add_argument("--root")
     b.add_argument("--out", help="also write the results as JSON")
     return p
 
+# %% ../nbs/00_data.ipynb #609dc8das1
 def main(argv: Sequence = None) -> int:
     "The `diffseg-data` command: info, synthetic, preview, download, bench (exit statuses: `guard_command`)."
     return guard_command("diffseg-data", _run, data_parser().parse_args(argv))
@@ -1368,13 +1456,15 @@ def _run(a) -> int:
     elif a.cmd == "synthetic":
         print(write_synthetic(a.dest, a.train, a.val, a.test, a.seed))
     elif a.cmd == "preview":
-        import matplotlib; matplotlib.use("Agg")
+        import matplotlib
+        matplotlib.use("Agg")
         cases = open_cases(a.dataset, root, a.split or ("train_slices" if spec.layout == "ssl4mis" else "train"))
         pool = [i for i in range(len(cases)) if getattr(cases, "has_label", None) is None or cases.has_label[i]]
         picks = [cases.read(int(i)) for i in np.random.default_rng(a.seed).choice(pool, min(a.n, len(pool)), replace=False)]
         mid = [(p["image"][len(p["image"]) // 2], p["label"][len(p["label"]) // 2]) if spec.layout == "ssl4mis" and p["image"].ndim == 3 else (p["image"], p["label"]) for p in picks]
         fig = show_overlays([m[0] for m in mid], [m[1] for m in mid], spec.n_classes, [p["name"] for p in picks])
-        fig.savefig(a.out, dpi=80); print(a.out)
+        fig.savefig(a.out, dpi=80)
+        print(a.out)
     elif a.cmd == "download":
         print(download(a.name, a.dest, a.url, a.sha256, quiet=False))
     elif a.cmd == "bench":
@@ -1396,6 +1486,7 @@ def _cpu_name() -> str:
     except OSError: pass
     return platform.processor() or platform.machine()
 
+# %% ../nbs/00_data.ipynb #1ea77f3ds1
 def machine_description() -> dict:
     "Python, torch, CPU and GPU of this machine, for result files."
     import platform

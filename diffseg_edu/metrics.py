@@ -9,7 +9,7 @@ __all__ = ['METRICS', 'PAPER_EMPTY', 'POLICIES', 'N_CLASSES', 'MetricError', 'di
            'benchmark_inference', 'benchmark_metrics', 'eval_cases', 'eval_parser', 'main']
 
 # %% ../nbs/02_metrics.ipynb #138f2c82
-import argparse, json, sys, time
+import argparse, json, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,31 +19,34 @@ import torch
 import torch.nn as nn
 from scipy import ndimage
 
-from .data import (ACDC_CLASSES, DATASETS, IGNORE_INDEX, DataError, DiffsegError, H5Volumes, MOSXAVFrames, dataset_spec,
-                              device_of, guard_command, machine_description, output_file, overlay,
-                              positive_int, zoom_nearest)
+from .data import (DATASETS, IGNORE_INDEX, DiffsegError, dataset_spec, device_of, guard_command, machine_description,
+                              output_file, overlay, positive_int, zoom_nearest)
 from .unet import ModelError, UNet, fuse_conv_bn, load_model
 
 # %% ../nbs/02_metrics.ipynb #2cde6327
 class MetricError(DiffsegError):
     "Masks or arguments a metric cannot be computed from (shape mismatch, wrong dimensionality, unknown policy)."
 
+# %% ../nbs/02_metrics.ipynb #2cde6327s1
 def _as_bool(x, name: str) -> np.ndarray:
     x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if x.ndim not in (2, 3): raise MetricError(f"{name}: expected a 2-D or 3-D mask, got shape {x.shape}")
     return x.astype(bool)
 
+# %% ../nbs/02_metrics.ipynb #2cde6327s2
 def _pair(prediction, reference) -> tuple:
     a, b = _as_bool(prediction, "prediction"), _as_bool(reference, "reference")
     if a.shape != b.shape: raise MetricError(f"prediction shape {a.shape} differs from reference shape {b.shape}")
     return a, b
 
+# %% ../nbs/02_metrics.ipynb #2cde6327s3
 def dice(prediction, reference) -> float:
     "Dice coefficient 2|A∩B| / (|A| + |B|) of two binary masks (medpy `dc`; 1 when both are empty)."
     a, b = _pair(prediction, reference)
     total = int(a.sum()) + int(b.sum())
     return 2.0 * int((a & b).sum()) / total if total else 1.0
 
+# %% ../nbs/02_metrics.ipynb #2cde6327s4
 def jaccard(prediction, reference) -> float:
     "Jaccard index |A∩B| / |A∪B| of two binary masks (medpy `jc`; 1 when both are empty, where medpy raises)."
     a, b = _pair(prediction, reference)
@@ -56,11 +59,13 @@ def _crop_to_union(a: np.ndarray, b: np.ndarray) -> tuple:
     box = ndimage.find_objects((a | b).astype(np.uint8))[0]
     return a[box], b[box]
 
+# %% ../nbs/02_metrics.ipynb #25e965ccs1
 def _surface(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
     "Foreground voxels with a background neighbour: `mask` XOR its erosion (medpy's border; the array edge counts as background)."
     structure = ndimage.generate_binary_structure(mask.ndim, connectivity)
     return mask ^ ndimage.binary_erosion(mask, structure=structure, iterations=1)
 
+# %% ../nbs/02_metrics.ipynb #25e965ccs2
 def surface_distances(prediction, reference, spacing=None, connectivity: int = 1) -> tuple:
     "`(d(∂A → ∂B), d(∂B → ∂A))`: distances from each surface voxel of one mask to the other mask's surface. Empty masks are an error."
     a, b = _pair(prediction, reference)
@@ -72,10 +77,12 @@ def surface_distances(prediction, reference, spacing=None, connectivity: int = 1
     to_a = ndimage.distance_transform_edt(~sa, sampling=sampling)[sb]
     return to_b, to_a
 
+# %% ../nbs/02_metrics.ipynb #25e965ccs3
 def hd95(prediction, reference, spacing=None, connectivity: int = 1) -> float:
     "95th percentile of the pooled surface distances in both directions (medpy `hd95`)."
     return float(np.percentile(np.hstack(surface_distances(prediction, reference, spacing, connectivity)), 95))
 
+# %% ../nbs/02_metrics.ipynb #25e965ccs4
 def asd(prediction, reference, spacing=None, connectivity: int = 1) -> float:
     "Average surface distance from the prediction's surface to the reference's (medpy `asd`: directed)."
     return float(surface_distances(prediction, reference, spacing, connectivity)[0].mean())
@@ -126,6 +133,7 @@ def prepare_for_inference(model: nn.Module, device=None, channels_last: bool = T
     if device is not None: net = net.to(device)
     return net.to(memory_format=torch.channels_last) if channels_last else net
 
+# %% ../nbs/02_metrics.ipynb #ffe51daas1
 def amp_context(device: torch.device, amp: str = None):
     "`torch.autocast` on `device` for `amp` = None (off), 'bf16' or 'fp16'; anything else is an error."
     if amp not in (None, "bf16", "fp16"): raise MetricError(f"amp {amp!r}: use None, 'bf16' or 'fp16'")
@@ -138,6 +146,7 @@ def input_channels(model: nn.Module) -> int:
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     return 1 if conv is None else conv.in_channels
 
+# %% ../nbs/02_metrics.ipynb #55666286s1
 @torch.inference_mode()
 def predict_volume(model: nn.Module, image, patch_size: tuple = (256, 256), batch_size: int = 8, amp: str = None) -> np.ndarray:
     """Argmax class map (uint8) of a `(D, H, W)` volume or `(H, W)` image (colour models: `(D, C, H, W)` or `(C, H, W)`): nearest
@@ -182,7 +191,8 @@ class Evaluation:
         if self.groups is None: return v
         g, rows = np.asarray(self.groups), []
         for key in dict.fromkeys(self.groups):
-            sub = v[g == key]; ok = np.isfinite(sub)
+            sub = v[g == key]
+            ok = np.isfinite(sub)
             rows.append(np.where(ok.any(0), np.where(ok, sub, 0).sum(0) / np.maximum(ok.sum(0), 1), np.nan))
         return np.stack(rows)
     def per_class(self) -> dict:
@@ -234,9 +244,11 @@ def evaluate(model: nn.Module, cases, n_classes: int, patch_size: tuple = (256, 
     for i in range(len(cases)):
         case = cases[i]
         if "label" not in case: raise MetricError(f"case {case.get('name', i)!r} has no label to evaluate against")
-        t0 = time.perf_counter(); pred = predict_volume(net, case["image"], patch_size, batch_size, amp)
+        t0 = time.perf_counter()
+        pred = predict_volume(net, case["image"], patch_size, batch_size, amp)
         if device.type == "cuda": torch.cuda.synchronize()
-        t1 = time.perf_counter(); rows.append(multiclass_metrics(pred, case["label"], n_classes, spacing, policy, metrics))
+        t1 = time.perf_counter()
+        rows.append(multiclass_metrics(pred, case["label"], n_classes, spacing, policy, metrics))
         t_pred, t_metric = t_pred + t1 - t0, t_metric + time.perf_counter() - t1
         names.append(case.get("name", str(i)))
         if keep_predictions: preds[names[-1]] = pred
@@ -254,8 +266,10 @@ def plot_boxes(ev: Evaluation, metrics: Sequence = None, figsize: tuple = None):
     for ax, m in zip(axes[0], metrics):
         j = ev.metrics.index(m)
         data = [v[~np.isnan(v)] for v in ev.values[:, :, j].T]
-        ax.boxplot(data, showmeans=True); ax.set_xticks(range(1, len(ev.classes) + 1), ev.classes, rotation=30)
-        ax.set_title(_LABELS[m]); ax.grid(axis="y", alpha=0.3)
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(ev.classes) + 1), ev.classes, rotation=30)
+        ax.set_title(_LABELS[m])
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
 
@@ -270,6 +284,7 @@ def slice_dice(prediction: np.ndarray, label: np.ndarray, n_classes: int) -> np.
         if per: scores[k] = np.mean(per)
     return scores
 
+# %% ../nbs/02_metrics.ipynb #f2c65666s1
 def show_best_worst(ev: Evaluation, cases, n_classes: int, k: int = 3):
     "Gallery of the `k` best and `k` worst slices (mean foreground Dice): ground truth | prediction. Needs `keep_predictions=True`."
     import matplotlib.pyplot as plt
@@ -283,8 +298,10 @@ def show_best_worst(ev: Evaluation, cases, n_classes: int, k: int = 3):
     for ax_pair, (kind, s, n, z) in zip(axes.reshape(-1, 2), picks):
         image, volume = np.asarray(by_name[n]["image"]), np.ndim(by_name[n]["label"]) == 3    # a colour frame is (3, H, W), not a volume
         img, lab, pred = image[z] if volume else image, as3d(by_name[n]["label"])[z], as3d(ev.predictions[n])[z]
-        ax_pair[0].imshow(overlay(img, lab, n_classes)); ax_pair[1].imshow(overlay(img, pred, n_classes))
-        ax_pair[0].set_title(f"{kind}: {n} z={z}", fontsize=7); ax_pair[1].set_title(f"prediction, Dice {s:.2f}", fontsize=7)
+        ax_pair[0].imshow(overlay(img, lab, n_classes))
+        ax_pair[1].imshow(overlay(img, pred, n_classes))
+        ax_pair[0].set_title(f"{kind}: {n} z={z}", fontsize=7)
+        ax_pair[1].set_title(f"prediction, Dice {s:.2f}", fontsize=7)
         for a in ax_pair: a.axis("off")
     fig.tight_layout()
     return fig
@@ -306,6 +323,7 @@ def benchmark_inference(cases, model: nn.Module = None, patch_size: tuple = (256
     return {"what": "inference", "device": str(dev), "threads": torch.get_num_threads(), "img_size": list(patch_size),
             "batch_size": batch_size, "amp": amp, "fast": fast, "slices": n, "seconds": dt, "slices_per_s": n / dt}
 
+# %% ../nbs/02_metrics.ipynb #9643fc5fs1
 def benchmark_metrics(cases, n_classes: int, n_cases: int = 4, shift: int = 2, with_medpy: bool = True) -> dict:
     "Seconds per case for all of `METRICS` on every foreground class, prediction = label shifted by `shift` pixels; medpy too if installed."
     labels = [np.asarray(cases[i]["label"]) for i in range(min(n_cases, len(cases)))]
@@ -332,6 +350,7 @@ def eval_cases(dataset: str, root, split: str):
     "Labelled evaluation cases of `split`: 3-D volumes (ACDC, phantom) or annotated 2-D frames (MOSXAV, EndoScapes); see `DatasetSpec`."
     return dataset_spec(dataset).eval_cases(root, split)
 
+# %% ../nbs/02_metrics.ipynb #189c5493s1
 def eval_parser() -> argparse.ArgumentParser:
     "Argument parser of `diffseg-eval`."
     p = argparse.ArgumentParser(prog="diffseg-eval", description="Evaluate a segmentation checkpoint with the paper protocol (or time evaluation with --bench).")
@@ -341,8 +360,10 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="any split with a <split>.list in the root (frame data sets: train/val/test)")
     p.add_argument("--out", help="write the results as JSON")
     p.add_argument("--img-size", type=int, help="network input size (default: the checkpoint's img_size, else 256)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass"); p.add_argument("--device", default=None)
-    p.add_argument("--policy", choices=POLICIES, help="empty-mask policy (default: the data set's: paper for volumes, nan for frames)"); p.add_argument("--amp", choices=["bf16", "fp16"])
+    p.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass")
+    p.add_argument("--device", default=None)
+    p.add_argument("--policy", choices=POLICIES, help="empty-mask policy (default: the data set's: paper for volumes, nan for frames)")
+    p.add_argument("--amp", choices=["bf16", "fp16"])
     p.add_argument("--bench", action="store_true", help="time volume inference and the metrics instead of evaluating")
     p.add_argument("--n-cases", type=positive_int, default=4, help="volumes timed by --bench")
     p.add_argument("--no-fast", dest="fast", action="store_false", help="default layout, batch norm not folded (for comparison)")
@@ -359,6 +380,7 @@ def _img_size(a, ckpt: dict) -> tuple:
         raise MetricError(f"{where} {size!r}: expected a positive multiple of 16 (the U-Net's down-sampling), or [height, width] of them")
     return tuple(pair)
 
+# %% ../nbs/02_metrics.ipynb #1f9a1a03s1
 def main(argv: Sequence = None) -> int:
     "The `diffseg-eval` command; bad input exits with status 2 and a message naming the problem (`guard_command`)."
     return guard_command("diffseg-eval", _eval, eval_parser().parse_args(argv))
@@ -384,7 +406,8 @@ def _eval(a) -> int:
     ev = evaluate(model, cases, n_classes, size, a.batch_size, a.policy or spec.policy, amp=a.amp, device=device, class_names=names, fast=a.fast,
                   group_of=spec.group_of)
     print(f"{a.ckpt} on {a.dataset}/{a.split} ({len(cases)} cases, input {size[0]}×{size[1]}, {device})")
-    print(ev.table()); print(ev.summary())
+    print(ev.table())
+    print(ev.summary())
     if a.out:
         settings = {"ckpt": str(a.ckpt), "dataset": a.dataset, "root": str(root), "split": a.split, "img_size": list(size), "amp": a.amp}
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ class ConvBlock(nn.Module):
             nn.Dropout(p), nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.01))
     def forward(self, x: torch.Tensor) -> torch.Tensor: return self.conv_conv(x)
 
+# %% ../nbs/01_unet.ipynb #26dfad53s1
 def n_params(module: nn.Module) -> int:
     "Number of parameters of `module` (trainable or not; BN running statistics are buffers, not parameters)."
     return sum(p.numel() for p in module.parameters())
@@ -42,6 +43,7 @@ class DownBlock(nn.Module):
         self.maxpool_conv = nn.Sequential(nn.MaxPool2d(2), ConvBlock(c_in, c_out, p))
     def forward(self, x: torch.Tensor) -> torch.Tensor: return self.maxpool_conv(x)
 
+# %% ../nbs/01_unet.ipynb #dcff3370s1
 class UpBlock(nn.Module):
     "Up-sample `x` ×2 to the skip's width (1×1 conv + bilinear, or a transposed conv), concatenate `[skip, up]`, `ConvBlock`."
     def __init__(self, c_in: int, c_skip: int, c_out: int, p: float = 0.0, mode: str = "bilinear"):
@@ -81,6 +83,7 @@ class Encoder(nn.Module):
         for down in self.down: feats.append(down(feats[-1]))
         return feats
 
+# %% ../nbs/01_unet.ipynb #5bb20d33s1
 class Decoder(nn.Module):
     "`up1..up4` from the bottleneck back to full resolution, then `out_conv` to class logits."
     def __init__(self, widths: Sequence, n_classes: int, up_mode: str = "bilinear"):
@@ -100,6 +103,7 @@ def check_input_size(x: torch.Tensor, stride: int, network: str = "U-Net"):
     if x.shape[-2] % stride or x.shape[-1] % stride:
         raise ValueError(f"input size {tuple(x.shape[-2:])} is not divisible by {stride} (the {network}'s total down-sampling)")
 
+# %% ../nbs/01_unet.ipynb #40f56e05s1
 class UNet(nn.Module):
     """The SSL4MIS/DiffRect segmentation U-Net.
     `forward(x)` returns logits `(B, n_classes, H, W)`; `forward(x, return_features=True)` returns a dict with
@@ -166,6 +170,7 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
 class ModelError(DiffsegError):
     "A checkpoint or model specification that cannot be used (missing file, unknown model, mismatched weights)."
 
+# %% ../nbs/01_unet.ipynb #3bb5b35as1
 MODELS = {"unet": UNet}
 
 def model_spec(model: nn.Module) -> dict:
@@ -174,6 +179,7 @@ def model_spec(model: nn.Module) -> dict:
     if name is None or not hasattr(model, "config"): raise ModelError(f"{type(model).__name__} is not a registered model ({sorted(MODELS)})")
     return {"name": name, "kwargs": copy.deepcopy(model.config)}
 
+# %% ../nbs/01_unet.ipynb #3bb5b35as2
 def build_model(spec: dict) -> nn.Module:
     "A fresh model from a spec `{'name', 'kwargs'}`."
     if spec.get("name") not in MODELS: raise ModelError(f"unknown model {spec.get('name')!r} (known: {sorted(MODELS)})")
@@ -187,18 +193,22 @@ def previous_of(path) -> Path:
     path = Path(path)
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
+# %% ../nbs/01_unet.ipynb #5dc308a1s1
 def save_checkpoint(path, model: nn.Module, keep_previous: bool = False, **extra) -> Path:
     """Write `{'model': spec, 'state_dict': …, **extra}` to `path` atomically (temporary file, then rename);
     `keep_previous=True` keeps the file it replaces as `previous_of(path)`. A failed write (a full disk) removes the temporary file,
     leaves `path` as it was and raises an `OSError` naming `path` (Ctrl-C during the write stays a `KeyboardInterrupt`)."""
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     payload = {"model": model_spec(model), "state_dict": model.state_dict(), **extra}
-    prev = previous_of(path); staged = prev.with_name(prev.name + ".tmp")
+    prev = previous_of(path)
+    staged = prev.with_name(prev.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
             torch.save(payload, f)
-            f.flush(); os.fsync(f.fileno())      # on disk before the rename makes it visible
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it visible
         if keep_previous and path.exists():
             staged.unlink(missing_ok=True)
             try: os.link(path, staged)           # a second name for the old file: no copy, and `path` never disappears
@@ -206,7 +216,8 @@ def save_checkpoint(path, model: nn.Module, keep_previous: bool = False, **extra
             staged.replace(prev)
         tmp.replace(path)
     except BaseException as e:
-        tmp.unlink(missing_ok=True); staged.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+        staged.unlink(missing_ok=True)
         if isinstance(e.__context__, KeyboardInterrupt): raise KeyboardInterrupt from None   # Ctrl-C inside torch.save's writer
         if not isinstance(e, (OSError, RuntimeError)): raise   # (torch.save reports a failed write as a RuntimeError)
         free = shutil.disk_usage(path.parent).free
@@ -214,6 +225,7 @@ def save_checkpoint(path, model: nn.Module, keep_previous: bool = False, **extra
                       f"on its disk): {str(e).splitlines()[0]}", str(path)) from None
     return path
 
+# %% ../nbs/01_unet.ipynb #5dc308a1s2
 def read_checkpoint(path) -> dict:
     "The checkpoint dict at `path` (on the CPU); a missing or unreadable file is a `ModelError` naming it."
     path = Path(path)
@@ -248,6 +260,7 @@ def dice_loss(logits: torch.Tensor, y: torch.Tensor, n_classes: int, eps: float 
     dims = (0, 2, 3)
     return 1 - ((2 * (p * onehot).sum(dims) + eps) / ((p * p).sum(dims) + (onehot * onehot).sum(dims) + eps)).mean()
 
+# %% ../nbs/01_unet.ipynb #839c7710s1
 def supervised_loss(logits: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
     "DiffRect's supervised term ½(CE + Dice) on labelled rows; `IGNORE_INDEX` pixels are skipped."
     return 0.5 * (F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX) + dice_loss(logits, y, n_classes))
@@ -271,7 +284,9 @@ def fit_supervised(model: nn.Module, cases, n_iters: int, patch_size: tuple = (1
         for batch in loader:
             x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
             loss = supervised_loss(model(x), batch["label"].to(device), n_classes)
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
             losses.append(loss.item())
             if len(losses) == n_iters: break
     return losses

@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import torch
 from diffseg_edu.data import IGNORE_INDEX
-from diffseg_edu.diffusion import (OFFICIAL_ALPHA_BAR, RefineNet, calibration_guidance, complementary_loss, consistency_weight,
-                                   diffrect_iteration, embed_labels, onehot_dice_loss, pseudo_label, rectify, sample_scheduler,
-                                   segmentation_losses, semantic_palette, stage_strong_to_weak, stage_weak_to_gt, train_scheduler)
+from diffseg_edu.diffusion import (OFFICIAL_ALPHA_BAR, RefineNet, calibration_guidance, diffrect_iteration, embed_labels,
+                                   onehot_dice_loss, rectify, sample_scheduler, semantic_palette, stage_strong_to_weak, stage_weak_to_gt,
+                                   train_scheduler)
+from diffseg_edu.losses import complementary_loss, consistency_weight, pseudo_label, segmentation_losses
 from diffseg_edu.unet import UNet, n_params
 
 

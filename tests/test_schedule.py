@@ -4,7 +4,8 @@ import csv, json
 import pytest
 import torch
 
-from diffseg_edu.diffusion import consistency_weight, diffrect_iteration
+from diffseg_edu.diffusion import diffrect_iteration
+from diffseg_edu.losses import consistency_weight
 from diffseg_edu.train import (ConfigError, TrainData, build_models, check_config, fast_settings, learning_rates, main, make_config, rect_weight,
                                run_schedule, same_config, train, unsup_weight)
 

@@ -9,7 +9,7 @@ from PIL import Image
 from diffseg_edu.data import (DATASETS, IGNORE_INDEX, DataError, MOSXAVFrames, dataset_spec, write_mosxav_sample,
                               write_xa_synthetic)
 from diffseg_edu.metrics import evaluate, multiclass_metrics
-from diffseg_edu.diffusion import segmentation_losses
+from diffseg_edu.losses import segmentation_losses
 from diffseg_edu.train import METHODS, make_config, train
 from diffseg_edu.unet import supervised_loss
 
