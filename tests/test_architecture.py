@@ -37,3 +37,12 @@ def test_imports_run_down_the_chain_and_skip_private_names():
                 problems.append(f"{module}.py:{line} imports {target}, which is not an earlier module of {order}")
             problems += [f"{module}.py:{line} imports the private name {target}.{n}" for n in names if n.startswith("_")]
     assert not problems, "\n".join(problems)
+
+def test_library_lines_fit_in_120_characters():
+    "Every line of the library within 120 characters, except the first line of nbdev's generated `__all__` (ruff allows it 130)."
+    long = []
+    for path in sorted((REPO / "diffseg_edu").glob("*.py")):
+        if path.name == "_modidx.py": continue
+        long += [f"{path.name}:{i} ({len(line)})" for i, line in enumerate(path.read_text().split("\n"), 1)
+                 if len(line) > 120 and not line.startswith("__all__ = ")]
+    assert not long, long
