@@ -6,8 +6,8 @@
 __all__ = ['SPEED_ROWS', 'SPLITS', 'PUBLISHED', 'DEMO_GOALS', 'DEMO_VARIANTS', 'peak_rss_mb', 'peak_memory_mb', 'time_iterations',
            'speed_config', 'speed_one', 'speed_benchmark', 'speed_table', 'result_header', 'write_speed', 'run_name',
            'train_or_reuse', 'mean_std', 'summarise_runs', 'acdc_benchmark', 'acdc_table', 'label_efficiency',
-           'plot_label_efficiency', 'run_command', 'demo_benchmark', 'summarise_demo', 'demo_table', 'bench_parser',
-           'main']
+           'plot_label_efficiency', 'run_command', 'demo_benchmark', 'summarise_demo', 'demo_table',
+           'add_speed_command', 'add_acdc_command', 'add_demo_command', 'bench_parser', 'main']
 
 # %% ../nbs/07_benchmark.ipynb #3e9b4848
 import argparse, importlib, json, os, shutil, subprocess, sys, time
@@ -335,6 +335,7 @@ DEMO_VARIANTS = {"preset": [], "official_augment": ["augment={}"],   # name -> `
                  # DiffRect alone, for a preset that adds the prototype term
                  "without_prototypes": ["method=diffrect"]}
 
+# %% ../nbs/07_benchmark.ipynb #80cc9ffbc
 def demo_benchmark(seeds: Sequence = (0,), preset: str = "demo", out="results/demo", variants: Sequence = ("preset",),
                    overwrite: bool = False) -> dict:
     """Time `diffseg-train --preset P --seed S` per (variant, seed) in child processes; settings, machine, per-run
@@ -427,27 +428,28 @@ def demo_table(result: dict) -> str:
     return "\n".join(lines)
 
 # %% ../nbs/07_benchmark.ipynb #57f8fe5c
-def bench_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="diffseg-bench",
-                                description="diffseg_edu benchmarks: speed, ACDC accuracy, the demo command, "
-                                            "pseudo-label noise.")
-    sub = p.add_subparsers(dest="command", required=True)
+def add_speed_command(sub):
+    "The `speed` subcommand of `diffseg-bench`."
     s = sub.add_parser("speed", help="time and memory of one training iteration per method, against a supervised step")
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--img-size", type=positive_int, default=128)
-    s.add_argument("--batch-size", type=positive_int, default=6)
-    s.add_argument("--labeled-bs", type=positive_int, default=3)
-    s.add_argument("--iters", type=positive_int, default=10)
-    s.add_argument("--warmup", type=int, default=3)
-    s.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    s.add_argument("--amp", choices=["bf16"])
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    s.add_argument("--img-size", type=positive_int, default=128, help="square input size (default 128)")
+    s.add_argument("--batch-size", type=positive_int, default=6, help="images per batch (default 6)")
+    s.add_argument("--labeled-bs", type=positive_int, default=3, help="labelled images per batch (default 3)")
+    s.add_argument("--iters", type=positive_int, default=10, help="timed iterations per method (default 10)")
+    s.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3)")
+    s.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods to time (default all)")
+    s.add_argument("--amp", choices=["bf16"], help="autocast to bfloat16")
     s.add_argument("--fast", action="store_true",
                    help="also time every method in fast mode (diffseg-train --fast), side by side")
-    s.add_argument("--channels-last", action="store_true")
+    s.add_argument("--channels-last", action="store_true", help="channels_last memory layout")
     s.add_argument("--root", help="ACDC folder (default: the phantom; only shapes matter)")
     s.add_argument("--no-isolate", action="store_true",
                    help="run every method in this process (peak RSS is then cumulative)")
-    s.add_argument("--out", default="results/speed")
+    s.add_argument("--out", default="results/speed", help="results folder (default results/speed)")
+
+# %% ../nbs/07_benchmark.ipynb #benchp1
+def add_acdc_command(sub):
+    "The `acdc` subcommand of `diffseg-bench`: every method, one budget, same seeds, on ACDC or any `--dataset`."
     a = sub.add_parser("acdc",
                        help="train and evaluate every method on ACDC (or --dataset) with the same budget and seeds")
     a.add_argument("--dataset", choices=sorted(DATASETS), default="acdc", help="the data set (default acdc)")
@@ -457,28 +459,41 @@ def bench_parser() -> argparse.ArgumentParser:
                    help="labelled patients (frame data sets: sequences/videos)")
     a.add_argument("--preset", choices=sorted(PRESETS),
                    help="the training preset (default cpu; --paper is --preset paper)")
-    a.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    a.add_argument("--seeds", type=int, nargs="+", default=[1337])
+    a.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods (default all)")
+    a.add_argument("--seeds", type=int, nargs="+", default=[1337], help="seeds, one run per method and seed")
     a.add_argument("--paper", action="store_true", help="the published protocol (256², 30,000 iterations): for a GPU")
     a.add_argument("--fast", action="store_true", default=None,
                    help="train in fast mode (bf16 where the hardware has it, channels_last)")
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any TrainConfig setting for every run, as diffseg-train --set")
-    for name in ("iters", "img_size", "val_every"): a.add_argument("--" + name.replace("_", "-"), type=int)
-    a.add_argument("--device")
-    a.add_argument("--amp", choices=["bf16"])
+    for name in ("iters", "img_size", "val_every"):
+        a.add_argument("--" + name.replace("_", "-"), type=int, help=f"override the preset's {name}")
+    a.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best one here)")
+    a.add_argument("--amp", choices=["bf16"], help="autocast to bfloat16")
     a.add_argument("--out", help="results folder (default results/<dataset>)")
     a.add_argument("--progress", action="store_true", help="a progress bar per run")
+
+# %% ../nbs/07_benchmark.ipynb #benchp2
+def add_demo_command(sub):
+    "The `demo` subcommand of `diffseg-bench`: the demo preset timed as a user runs it, against its goals."
     d = sub.add_parser("demo",
                        help="time the demo preset as a user runs it (a child process per seed) against its goals")
-    d.add_argument("--seeds", type=int, nargs="+", default=[0])
-    d.add_argument("--preset", default="demo")
+    d.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds, one run each (default 0)")
+    d.add_argument("--preset", default="demo", help="demo or demo-xa (default demo)")
     d.add_argument("--official-augment", action="store_true", help="also run every seed with the official augmentation")
     d.add_argument("--without-prototypes", action="store_true",
                    help="also run every seed as plain DiffRect (method=diffrect)")
     d.add_argument("--overwrite", action="store_true", help="replace existing run folders")
-    d.add_argument("--out", default="results/demo")
-    add_noise_command(sub)
+    d.add_argument("--out", default="results/demo", help="results folder (default results/demo)")
+
+# %% ../nbs/07_benchmark.ipynb #benchp3
+def bench_parser() -> argparse.ArgumentParser:
+    "Argument parser of `diffseg-bench`: one subcommand per benchmark."
+    p = argparse.ArgumentParser(prog="diffseg-bench",
+                                description="diffseg_edu benchmarks: speed, ACDC accuracy, the demo command, "
+                                            "pseudo-label noise.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (add_speed_command, add_acdc_command, add_demo_command, add_noise_command): add(sub)
     return p
 
 # %% ../nbs/07_benchmark.ipynb #e7ce66ac
@@ -493,12 +508,23 @@ def _speed_command(a, command: str) -> int:
     return 0
 
 # %% ../nbs/07_benchmark.ipynb #e7ce66acs1
-def _acdc_command(a, command: str) -> int:
+def _write_label_efficiency(out: Path, machine: dict, published: Sequence):
+    "`label_efficiency.json` and `.png` from every finished run under `out/runs`."
     import matplotlib.pyplot as plt
-    over = {k: v for k, v in (("iters", a.iters), ("img_size", a.img_size), ("val_every", a.val_every),
-                              ("device", a.device), ("amp", a.amp),
-                              ("fast", a.fast)) if v is not None}
-    over.update(parse_sets(a.set))
+    points = label_efficiency(out / "runs")
+    record = {"machine": machine, "points": points, "published": list(published)}
+    (out / "label_efficiency.json").write_text(json.dumps(record, indent=1))
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    plot_label_efficiency(points, ax, published)
+    fig.tight_layout()
+    fig.savefig(out / "label_efficiency.png", dpi=100)
+    plt.close(fig)
+
+# %% ../nbs/07_benchmark.ipynb #e7ce66acr
+def _acdc_command(a, command: str) -> int:
+    settings = (("iters", a.iters), ("img_size", a.img_size), ("val_every", a.val_every), ("device", a.device),
+                ("amp", a.amp), ("fast", a.fast))
+    over = {k: v for k, v in settings if v is not None} | parse_sets(a.set)
     if a.paper and a.preset not in (None, "paper"):
         raise ConfigError(f"--paper is --preset paper; it contradicts --preset {a.preset}")
     preset = "paper" if a.paper else a.preset or "cpu"
@@ -509,16 +535,7 @@ def _acdc_command(a, command: str) -> int:
     stem = f"{a.dataset}_p{a.labeled_patients}" + ("" if preset == "cpu" else f"_{preset}")
     (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
     (out / f"{stem}.md").write_text(f"{result_header(res)}\n\n{acdc_table(res)}\n")
-    points = label_efficiency(out / "runs")
-    published = PUBLISHED if a.dataset == "acdc" else ()
-    (out / "label_efficiency.json").write_text(json.dumps({"machine": res["machine"], "points": points,
-                                                           "published": list(published)},
-                                                          indent=1))
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    plot_label_efficiency(points, ax, published)
-    fig.tight_layout()
-    fig.savefig(out / "label_efficiency.png", dpi=100)
-    plt.close(fig)
+    _write_label_efficiency(out, res["machine"], PUBLISHED if a.dataset == "acdc" else ())
     print(f"{result_header(res)}\n\n{acdc_table(res)}\n\nwrote {out / stem}.json, .md, label_efficiency.json/.png "
           f"({res['wall_s'] / 60:.1f} min)")
     return 0

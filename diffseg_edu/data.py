@@ -10,14 +10,15 @@ __all__ = ['IGNORE_INDEX', 'ACDC_CLASSES', 'LUMA', 'MOSXAV_CLASSES', 'MOSXAV_COL
            'write_once', 'write_synthetic', 'label_palette', 'overlay', 'show_overlays', 'patient_of', 'split_by_group',
            'patients_to_slices', 'TwoStreamBatchSampler', 'zoom_nearest', 'AugmentConfig', 'sample_augment_params',
            'rotate_nearest', 'smooth3x3', 'enhance', 'gaussian_blur', 'WeakStrongAugment', 'channels_first',
-           'SemiSupervisedSlices', 'train_loader', 'sequence_of', 'read_mosxav_mask', 'MOSXAVFrames',
-           'write_mosxav_sample', 'class_key', 'check_label_map', 'read_rgb', 'read_endoscapes_mask', 'read_video_list',
-           'EndoscapesFrames', 'write_endoscapes_sample', 'XASequence', 'draw_xa_sequence', 'xa_frame',
-           'write_xa_synthetic', 'SequenceVolumes', 'Source', 'data_cache', 'sha256sum', 'fetch_file',
-           'finish_unpacked', 'download', 'class_stats', 'widgets_live', 'browse_volumes', 'default_synthetic_root',
-           'default_xa_root', 'AnnotatedFrames', 'DatasetSpec', 'dataset_spec', 'open_cases', 'dataset_info',
-           'benchmark_augment', 'benchmark_loader', 'os_message', 'guard_command', 'sha256_hex', 'positive_int',
-           'device_of', 'output_file', 'data_parser', 'main', 'machine_description']
+           'SemiSupervisedSlices', 'train_loader', 'sequence_of', 'read_mosxav_mask', 'mosxav_sequences', 'read_grey',
+           'MOSXAVFrames', 'write_mosxav_sample', 'class_key', 'check_label_map', 'read_rgb', 'read_endoscapes_mask',
+           'read_video_list', 'EndoscapesFrames', 'endoscapes_scene', 'write_endoscapes_sample', 'XASequence',
+           'draw_xa_sequence', 'xa_frame', 'write_xa_synthetic', 'SequenceVolumes', 'Source', 'data_cache', 'sha256sum',
+           'fetch_file', 'finish_unpacked', 'download', 'class_stats', 'widgets_live', 'browse_volumes',
+           'default_synthetic_root', 'default_xa_root', 'AnnotatedFrames', 'DatasetSpec', 'dataset_spec', 'open_cases',
+           'dataset_info', 'benchmark_augment', 'benchmark_loader', 'os_message', 'guard_command', 'sha256_hex',
+           'positive_int', 'device_of', 'output_file', 'add_info_and_synthetic', 'add_preview_and_download',
+           'add_data_bench', 'data_parser', 'main', 'machine_description']
 
 # %% ../nbs/00_data.ipynb #a2dd4d7d
 import argparse, contextlib, hashlib, json, os, platform, re, shutil, sys, tarfile, time, zipfile
@@ -392,6 +393,18 @@ def patients_to_slices(names: Sequence, n_patients: int, group_of: Callable = pa
                         f"(row {labeled[gap]}, {names[labeled[gap]]!r}, comes after other patients)")
     return len(labeled)
 
+# %% ../nbs/00_data.ipynb #streamchk
+def _check_streams(n_labeled: int, n_unlabeled: int, batch_size: int, labeled_bs: int):
+    "Refuse batch sizes the two streams cannot fill."
+    if not 1 <= labeled_bs <= batch_size:
+        raise DataError(f"labeled_bs={labeled_bs} must be in 1..batch_size={batch_size}")
+    if n_labeled < labeled_bs:
+        raise DataError(f"{n_labeled} labelled samples cannot fill labeled_bs={labeled_bs}: label more patients or "
+                        "sequences")
+    if batch_size - labeled_bs and not n_unlabeled:
+        raise DataError(f"batch_size - labeled_bs = {batch_size - labeled_bs} unlabelled rows, but there are no "
+                        "unlabelled samples")
+
 # %% ../nbs/00_data.ipynb #917c8501
 class TwoStreamBatchSampler(Sampler):
     """Batches of `labeled_bs` labelled then `batch_size - labeled_bs` unlabelled indices; one epoch = one pass over the
@@ -400,14 +413,7 @@ class TwoStreamBatchSampler(Sampler):
         self.labeled_idx, self.unlabeled_idx = list(labeled_idx), list(unlabeled_idx)
         self.batch_size, self.labeled_bs, self.seed = batch_size, labeled_bs, seed
         self.unlabeled_bs = batch_size - labeled_bs
-        if not 1 <= labeled_bs <= batch_size:
-            raise DataError(f"labeled_bs={labeled_bs} must be in 1..batch_size={batch_size}")
-        if len(self.labeled_idx) < labeled_bs:
-            raise DataError(f"{len(self.labeled_idx)} labelled samples cannot fill labeled_bs={labeled_bs}: label more "
-                            "patients or sequences")
-        if self.unlabeled_bs and not self.unlabeled_idx:
-            raise DataError(f"batch_size - labeled_bs = {self.unlabeled_bs} unlabelled rows, but there are no "
-                            "unlabelled samples")
+        _check_streams(len(self.labeled_idx), len(self.unlabeled_idx), batch_size, labeled_bs)
         self.iteration, self._perms = 0, {}
 
     def __len__(self) -> int: return len(self.labeled_idx) // self.labeled_bs
@@ -539,6 +545,24 @@ def _where_apply(x: torch.Tensor, mask: torch.Tensor, fn: Callable) -> torch.Ten
         x[idx] = fn(x[idx])
     return x
 
+# %% ../nbs/00_data.ipynb #augment2i
+def _geometry(x: torch.Tensor, p: dict) -> torch.Tensor:
+    "The per-sample flips and rotation of `p` applied to `x` (image and label channels together)."
+    x = _where_apply(x, p["flip_lr"], lambda t: t.flip(-1))
+    x = _where_apply(x, p["flip_ud"], lambda t: t.flip(-2))
+    rot = p["angle"] != 0
+    return _where_apply(x, rot, lambda t: rotate_nearest(t, p["angle"][rot]))
+
+def _intensity(x: torch.Tensor, p: dict) -> torch.Tensor:
+    "The strong view's enhancements, in each sample's order, then its blur."
+    for step in range(3):
+        for op in range(3):
+            use = (p["order"][:, step] == op) & p["enhance"][:, op]
+            f = p["factor"][:, op].to(x.dtype)[use]
+            x = _where_apply(x, use, lambda t, op=op, f=f: enhance(t, op, f))
+    blur = p["sigma"] > 0
+    return _where_apply(x, blur, lambda t: gaussian_blur(t, p["sigma"][blur]))
+
 # %% ../nbs/00_data.ipynb #17f20154s1
 class WeakStrongAugment:
     "Batched weak/strong augmentation on the tensors' device: `(image, label, labeled) → training batch`."
@@ -551,19 +575,8 @@ class WeakStrongAugment:
         cfg, dev, C = self.cfg, image.device, image.shape[1]
         p = {k: v.to(dev) for k, v in sample_augment_params(image.shape[0], cfg, generator).items()}
         x = torch.floor(image * 255) / 255 if cfg.quantize else image
-        both = torch.cat([x, label[:, None].to(x.dtype)], 1)                    # geometry is shared
-        both = _where_apply(both, p["flip_lr"], lambda t: t.flip(-1))
-        both = _where_apply(both, p["flip_ud"], lambda t: t.flip(-2))
-        rot = p["angle"] != 0
-        both = _where_apply(both, rot, lambda t: rotate_nearest(t, p["angle"][rot]))
-        weak, strong = both[:, :C], both[:, :C].clone()
-        for step in range(3):                                                   # enhancements in each sample's order
-            for op in range(3):
-                use = (p["order"][:, step] == op) & p["enhance"][:, op]
-                f = p["factor"][:, op].to(x.dtype)[use]
-                strong = _where_apply(strong, use, lambda t, op=op, f=f: enhance(t, op, f))
-        blur = p["sigma"] > 0
-        strong = _where_apply(strong, blur, lambda t: gaussian_blur(t, p["sigma"][blur]))
+        both = _geometry(torch.cat([x, label[:, None].to(x.dtype)], 1), p)       # geometry is shared with the label
+        weak, strong = both[:, :C], _intensity(both[:, :C].clone(), p)
         label = both[:, C].round().long()
         label = torch.where(labeled.view(-1, 1, 1), label, torch.full_like(label, IGNORE_INDEX))
         return {"image_weak": weak.contiguous(), "image_strong": strong.contiguous(), "label": label,
@@ -635,29 +648,45 @@ def _sequence_frames(base: Path, seq: str, listing: Path) -> list:
         raise DataError(f"{listing}: sequence {seq!r} has no frames in {base / 'JPEGImages' / seq}")
     return frames
 
+# %% ../nbs/00_data.ipynb #mosxavlist
+def mosxav_sequences(root, split: str) -> list:
+    """The sequences listed in `ImageSets/<split>.txt`, refused when the list is missing or empty, names one twice, or
+    shares a sequence with the other trainval list (a video in two splits would leak into model selection)."""
+    base = Path(root) / ("test" if split == "test" else "trainval")
+    listing = base / "ImageSets" / f"{split}.txt"
+    if not listing.is_file():
+        raise DataError(f"{listing}: no such MOSXAV split list (expected <root>/trainval|test/ImageSets/{split}.txt)")
+    seqs = [s.strip() for s in listing.read_text().splitlines() if s.strip()]
+    if not seqs: raise DataError(f"{listing}: the list is empty")
+    twice = sorted({s for s in seqs if seqs.count(s) > 1})
+    if twice: raise DataError(f"{listing}: sequence(s) {twice} listed more than once")
+    for other in ("train", "val"):
+        lst = base / "ImageSets" / f"{other}.txt"
+        if other == split or split == "test" or not lst.is_file(): continue
+        shared = sorted(set(seqs) & {s.strip() for s in lst.read_text().splitlines() if s.strip()})
+        if shared:
+            raise DataError(f"{listing}: sequence(s) {shared} are also listed in {lst}; a video belongs to one split")
+    return seqs
+
+# %% ../nbs/00_data.ipynb #readgrey
+def read_grey(path) -> np.ndarray:
+    "A grayscale frame as `(H, W)` float32 in [0, 1]; grey stored as RGB is accepted (JPEG tolerance), colour is not."
+    from PIL import Image
+    try:
+        with Image.open(path) as im: mode, pixels = im.mode, np.asarray(im.convert("RGB") if im.mode != "L" else im)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the frame: {e}") from None
+    if pixels.ndim == 3 and np.abs(pixels.astype(np.int16) - pixels[..., :1]).max() > 4:
+        raise DataError(f"{path}: a colour ({mode}) frame; MOSXAV frames are grayscale (1 channel)")
+    return (pixels if pixels.ndim == 2 else pixels[..., 0]).astype(np.float32) / 255
+
 # %% ../nbs/00_data.ipynb #27886c0ds1
 class MOSXAVFrames(Dataset):
     "Frames of the MOSXAV sequences listed in `ImageSets/<split>.txt` (`train`, `val`: trainval; `test`: test)."
     def __init__(self, root, split: str = "train", n_classes: int = 5):
         self.root, self.split, self.n_classes = Path(root), split, n_classes
         base = self.root / ("test" if split == "test" else "trainval")
-        listing = base / "ImageSets" / f"{split}.txt"
-        if not listing.is_file():
-            raise DataError(f"{listing}: no such MOSXAV split list (expected "
-                            f"<root>/trainval|test/ImageSets/{split}.txt)")
-        seqs = [s.strip() for s in listing.read_text().splitlines() if s.strip()]
-        if not seqs:
-            raise DataError(f"{listing}: the list is empty")
-        twice = sorted({s for s in seqs if seqs.count(s) > 1})
-        if twice: raise DataError(f"{listing}: sequence(s) {twice} listed more than once")
-        # a video in two splits would leak into model selection
-        for other in ("train", "val"):
-            lst = base / "ImageSets" / f"{other}.txt"
-            if other == split or split == "test" or not lst.is_file(): continue
-            shared = sorted(set(seqs) & {s.strip() for s in lst.read_text().splitlines() if s.strip()})
-            if shared:
-                raise DataError(f"{listing}: sequence(s) {shared} are also listed in {lst}; a video belongs to one "
-                                "split")
+        listing, seqs = base / "ImageSets" / f"{split}.txt", mosxav_sequences(self.root, split)
         self.paths = [f for seq in seqs for f in _sequence_frames(base, seq, listing)]
         self.names = [f"{f.parent.name}/{f.stem}" for f in self.paths]
         masks = [base / "Annotations_Semantic" / f.parent.name / f"{f.stem}.png" for f in self.paths]
@@ -668,16 +697,7 @@ class MOSXAVFrames(Dataset):
     def read(self, i: int, with_label: bool = True) -> dict:
         """Frame `i` as `{image (H, W) in [0, 1], label, name}`; asking for the label of an unannotated frame is an
         error."""
-        from PIL import Image
-        try:
-            with Image.open(self.paths[i]) as im:
-                mode, pixels = im.mode, np.asarray(im.convert("RGB") if im.mode != "L" else im)
-        except OSError as e:
-            raise DataError(f"{self.paths[i]}: cannot read the frame: {e}") from None
-        # grey stored as RGB is fine (JPEG tolerance)
-        if pixels.ndim == 3 and np.abs(pixels.astype(np.int16) - pixels[..., :1]).max() > 4:
-            raise DataError(f"{self.paths[i]}: a colour ({mode}) frame; MOSXAV frames are grayscale (1 channel)")
-        image = (pixels if pixels.ndim == 2 else pixels[..., 0]).astype(np.float32) / 255
+        image = read_grey(self.paths[i])
         out = {"image": image, "name": self.names[i]}
         if with_label:
             if self.masks[i] is None:
@@ -822,6 +842,16 @@ def _check_videos(root: Path, split: str, videos: set):
             raise DataError(f"{root / f'{split}_seg'}: video(s) {sorted(shared)} are also listed in {lst}; a video "
                             "belongs to one split")
 
+# %% ../nbs/00_data.ipynb #endoorph
+def _check_orphans(root: Path, folder: Path, paths: list):
+    "Refuse an annotation in `semseg/` for a video of this split whose frame is missing from `folder`."
+    videos, stems = {p.stem.split("_")[0] for p in paths}, {p.stem for p in paths}
+    orphans = [m for m in sorted((root / "semseg").glob("*.png"))
+               if m.stem.split("_")[0] in videos and m.stem not in stems]
+    if orphans:
+        raise DataError(f"{orphans[0]}: an annotated frame of this split's videos without its image "
+                        f"{folder / (orphans[0].stem + '.jpg')}")
+
 # %% ../nbs/00_data.ipynb #endo3code
 class EndoscapesFrames(Dataset):
     """Frames of EndoScapes2023's `<split>_seg/` folder (`train`, `val`, `test`): every JPEG, the unannotated 1-fps
@@ -840,12 +870,7 @@ class EndoscapesFrames(Dataset):
         masks = [self.root / "semseg" / f"{p.stem}.png" for p in self.paths]
         self.masks = [m if m.is_file() else None for m in masks]
         self.has_label = [m is not None for m in self.masks]
-        videos, stems = {sequence_of(n) for n in self.names}, {p.stem for p in self.paths}
-        orphans = [m for m in sorted((self.root / "semseg").glob("*.png"))
-                   if m.stem.split("_")[0] in videos and m.stem not in stems]
-        if orphans:
-            raise DataError(f"{orphans[0]}: an annotated frame of this split's videos without its image "
-                            f"{folder / (orphans[0].stem + '.jpg')}")
+        _check_orphans(self.root, folder, self.paths)
 
     def __len__(self): return len(self.names)
     def read(self, i: int, with_label: bool = True) -> dict:
@@ -863,6 +888,21 @@ class EndoscapesFrames(Dataset):
 ENDOSCAPES_COLOURS = np.array([[150, 60, 55], [225, 200, 110], [200, 130, 120], [190, 30, 35], [235, 225, 200],
                                [95, 150, 80], [160, 165, 170]])
 
+# %% ../nbs/00_data.ipynb #endoscene
+def endoscapes_scene(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, tilt: float, t: int) -> np.ndarray:
+    """Class map of one synthetic cholecystectomy frame on the unit grid `(yy, xx)`: structures around a gallbladder at
+    `(cy, cx)`."""
+    dy = 0.02 * np.sin(t)                                                                        # breathing
+    label = np.zeros(yy.shape, np.uint8)
+    label[(np.abs(xx - cx - 0.2) < 0.05) & (yy < cy + 0.2)] = 1                                  # the cystic plate
+    label[((xx - cx) < 0.1) & (yy > cy + 0.18) & (yy < cy + 0.4) & (xx > cx - 0.25)] = 2         # the triangle
+    label[(np.abs(yy - cy - 0.28 - 0.1 * (xx - cx)) < 0.025) & (np.abs(xx - cx) < 0.25)] = 3     # the cystic artery
+    label[(np.abs(xx - cx + 0.05 * (yy - cy)) < 0.03) & (yy > cy + 0.2)] = 4                     # the cystic duct
+    label[((yy - cy - dy) / 0.22) ** 2 + ((xx - cx - tilt * (yy - cy)) / 0.16) ** 2 < 1] = 5     # the gallbladder
+    label[(np.abs(yy - (1 - xx) * 0.6 - 0.1) < 0.05) & (xx > 0.7 - 0.05 * t)] = 6                # the instrument
+    return label
+
+# %% ../nbs/00_data.ipynb #endo4codec
 def write_endoscapes_sample(dest, videos: tuple = (3, 1, 1), n_frames: int = 6, every: int = 3, size: tuple = (48, 64),
                             seed: int = 0, label_map: bool = True) -> Path:
     """A small EndoScapes-layout tree: `videos` = videos per train/val/test split, `n_frames` frames each, every
@@ -882,19 +922,7 @@ def write_endoscapes_sample(dest, videos: tuple = (3, 1, 1), n_frames: int = 6, 
             for v in ids:
                 cy, cx, tilt = rng.uniform(0.35, 0.55), rng.uniform(0.4, 0.6), rng.uniform(-0.3, 0.3)
                 for t in range(n_frames):
-                    dy = 0.02 * np.sin(t)                                                # breathing
-                    gb = ((yy - cy - dy) / 0.22) ** 2 + ((xx - cx - tilt * (yy - cy)) / 0.16) ** 2 < 1
-                    label = np.zeros(size, np.uint8)
-                    # cystic plate beside the gallbladder
-                    label[(np.abs(xx - cx - 0.2) < 0.05) & (yy < cy + 0.2)] = 1
-                    # the triangle
-                    label[((xx - cx) < 0.1) & (yy > cy + 0.18) & (yy < cy + 0.4) & (xx > cx - 0.25)] = 2
-                    # cystic artery
-                    label[(np.abs(yy - cy - 0.28 - 0.1 * (xx - cx)) < 0.025) & (np.abs(xx - cx) < 0.25)] = 3
-                    label[(np.abs(xx - cx + 0.05 * (yy - cy)) < 0.03) & (yy > cy + 0.2)] = 4   # cystic duct
-                    label[gb] = 5
-                    tip = 0.3 + 0.05 * t
-                    label[(np.abs(yy - (1 - xx) * 0.6 - 0.1) < 0.05) & (xx > 1 - tip)] = 6    # the instrument
+                    label = endoscapes_scene(yy, xx, cy, cx, tilt, t)
                     shade = 0.85 + 0.15 * np.cos(3 * xx + yy + v)[..., None]
                     image = ENDOSCAPES_COLOURS[label] * shade + rng.normal(0, 6, (*size, 3))
                     name = f"{v}_{100 + 25 * t}"
@@ -1124,6 +1152,20 @@ def sha256sum(path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 # %% ../nbs/00_data.ipynb #621dc388
+def _verify_download(url_or_id: str, staging: Path, sha256: str = None, size: int = None):
+    "A downloaded file with the expected size and SHA-256, or a `DataError` (and the file deleted)."
+    if not staging.is_file():
+        raise DataError(f"{url_or_id}: the download produced no file at {staging}")
+    got_size, problem = staging.stat().st_size, None
+    if size is not None and got_size != size:
+        problem = f"size {got_size} bytes, expected {size}"
+    elif sha256 is not None and (digest := sha256sum(staging)) != sha256:   # hash the (large) file once
+        problem = f"sha256 {digest}, expected {sha256}"
+    if problem:
+        staging.unlink()
+        raise DataError(f"{url_or_id}: downloaded file has {problem}; it was deleted")
+
+# %% ../nbs/00_data.ipynb #621dc388s1
 def fetch_file(url_or_id: str, dest, sha256: str = None, size: int = None, quiet: bool = True) -> Path:
     "Download `url_or_id` (URL or Drive file id) with gdown to `dest`, resuming; `dest` appears only once verified."
     import gdown
@@ -1138,16 +1180,7 @@ def fetch_file(url_or_id: str, dest, sha256: str = None, size: int = None, quiet
     except Exception as e:
         raise DataError(f"{url_or_id}: download failed ({type(e).__name__}: {e}); "
                         f"received bytes are kept beside {staging} and the next call resumes") from None
-    if not staging.is_file():
-        raise DataError(f"{url_or_id}: the download produced no file at {staging}")
-    got_size, problem = staging.stat().st_size, None
-    if size is not None and got_size != size:
-        problem = f"size {got_size} bytes, expected {size}"
-    elif sha256 is not None and (digest := sha256sum(staging)) != sha256:   # hash the (large) file once
-        problem = f"sha256 {digest}, expected {sha256}"
-    if problem:
-        staging.unlink()
-        raise DataError(f"{url_or_id}: downloaded file has {problem}; it was deleted")
+    _verify_download(url_or_id, staging, sha256, size)
     os.replace(staging, dest)
     return dest
 
@@ -1300,6 +1333,7 @@ class AnnotatedFrames:
 # %% ../nbs/00_data.ipynb #reg1code
 FRAME_READERS = {"mosxav": MOSXAVFrames, "endoscapes": EndoscapesFrames}
 
+# %% ../nbs/00_data.ipynb #reg1codec
 @dataclass(frozen=True)
 class DatasetSpec:
     "What training and evaluation need to know of a data set (see `DATASETS`)."
@@ -1368,26 +1402,30 @@ def _sizes(shapes) -> dict:
     return {"min": a.min(0).tolist(), "max": a.max(0).tolist(), "distinct": len({tuple(s) for s in shapes})}
 
 # %% ../nbs/00_data.ipynb #10eebd95
+def _frames_info(dataset: str, root: Path, labeled: int = None) -> dict:
+    "`dataset_info` of a frame data set: frames, annotated frames and sequences per split."
+    spec = dataset_spec(dataset)
+    info, frames = {"dataset": dataset, "root": str(root), "classes": list(spec.classes),
+                    "in_channels": spec.in_channels, "splits": {}}, {}
+    for split in ("train", "val", "test"):
+        if not spec.has_split(root, split): continue   # absent; a listed split with problems is an error
+        frames[split] = fr = spec.frames(root, split)
+        info["splits"][split] = {"frames": len(fr), "annotated": sum(fr.has_label),
+                                 "sequences": len({sequence_of(n) for n in fr.names})}
+    if not info["splits"]:
+        where = "{train,val,test}_seg/" if spec.layout == "endoscapes" else "trainval/ImageSets/*.txt"
+        raise DataError(f"{root}: no {dataset} splits found ({where})")
+    if labeled is not None and "train" in frames:
+        lab, unl = split_by_group(frames["train"].names, labeled, sequence_of, frames["train"].has_label)
+        info.update(labeled_sequences=labeled, labeled_frames=len(lab), unlabeled_frames=len(unl))
+    return info
+
+# %% ../nbs/00_data.ipynb #10eebd95r
 def dataset_info(dataset: str, root, labeled_patients: int = None) -> dict:
     """Counts per split, the labelled/unlabelled slice counts for `labeled_patients` (frames: sequences/videos), classes
     and image sizes."""
-    root, spec = Path(root), dataset_spec(dataset)
-    if spec.layout != "ssl4mis":
-        info, frames = {"dataset": dataset, "root": str(root), "classes": list(spec.classes),
-                        "in_channels": spec.in_channels, "splits": {}}, {}
-        for split in ("train", "val", "test"):
-            if not spec.has_split(root, split): continue   # absent; a listed split with problems is an error
-            frames[split] = fr = spec.frames(root, split)
-            info["splits"][split] = {"frames": len(fr), "annotated": sum(fr.has_label),
-                                     "sequences": len({sequence_of(n) for n in fr.names})}
-        if not info["splits"]:
-            where = "{train,val,test}_seg/" if spec.layout == "endoscapes" else "trainval/ImageSets/*.txt"
-            raise DataError(f"{root}: no {dataset} splits found ({where})")
-        if labeled_patients is not None and "train" in frames:
-            fr = frames["train"]
-            lab, unl = split_by_group(fr.names, labeled_patients, sequence_of, fr.has_label)
-            info.update(labeled_sequences=labeled_patients, labeled_frames=len(lab), unlabeled_frames=len(unl))
-        return info
+    root = Path(root)
+    if dataset_spec(dataset).layout != "ssl4mis": return _frames_info(dataset, root, labeled_patients)
     slices = open_cases(dataset, root, "train_slices")
     info = {"dataset": dataset, "root": str(root), "classes": list(ACDC_CLASSES), "n_classes": len(ACDC_CLASSES),
             "splits": {"train_slices": {"slices": len(slices), "patients": len({patient_of(n) for n in slices.names})}},
@@ -1500,43 +1538,57 @@ def output_file(path, what: str = "--out") -> Path:
     return path
 
 # %% ../nbs/00_data.ipynb #609dc8da
+def add_info_and_synthetic(sub):
+    "The `info` and `synthetic` subcommands of `diffseg-data`."
+    i = sub.add_parser("info", help="print one JSON object describing a data set")
+    i.add_argument("--dataset", choices=sorted(DATASETS), required=True, help="the data set")
+    i.add_argument("--root", help="data set root (phantoms: default the cached one)")
+    i.add_argument("--labeled-patients", type=positive_int,
+                   help="also count the labelled/unlabelled split for this many patients (frames: sequences/videos)")
+    s = sub.add_parser("synthetic", help="write the synthetic phantom data set")
+    s.add_argument("--dest", required=True, help="the folder to write")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--train", type=positive_int, default=20, help="training patients (default 20)")
+    s.add_argument("--val", type=positive_int, default=5, help="validation patients (default 5)")
+    s.add_argument("--test", type=positive_int, default=5, help="test patients (default 5)")
+
+# %% ../nbs/00_data.ipynb #datap1
+def add_preview_and_download(sub):
+    "The `preview` and `download` subcommands of `diffseg-data`."
+    v = sub.add_parser("preview", help="save an overlay grid PNG")
+    v.add_argument("--dataset", choices=sorted(DATASETS), required=True, help="the data set")
+    v.add_argument("--root", help="data set root (phantoms: default the cached one)")
+    v.add_argument("--split", default=None, help="the split (default: the training slices or frames)")
+    v.add_argument("--n", type=positive_int, default=8, help="labelled cases to show (default 8)")
+    v.add_argument("--seed", type=int, default=0, help="which cases (default 0)")
+    v.add_argument("--out", default="preview.png", help="the PNG to write (default preview.png)")
+    d = sub.add_parser("download", help="download and unpack a data set into the cache (or --dest)")
+    d.add_argument("name", choices=sorted(REGISTRY), help="the data set")
+    d.add_argument("--dest", help="unpack here instead of the data cache")
+    d.add_argument("--url", help="URL or Google Drive file id")
+    d.add_argument("--sha256", type=sha256_hex,
+                   help="the archive's expected SHA-256 (64 hex digits), checked before anything is fetched")
+
+# %% ../nbs/00_data.ipynb #datap2
+def add_data_bench(sub):
+    "The `bench` subcommand of `diffseg-data`: augmentation throughput."
+    b = sub.add_parser("bench", help="augmentation throughput (and the file-to-batch path with --root)")
+    b.add_argument("--img-size", type=positive_int, default=256, help="square size (default 256)")
+    b.add_argument("--batch-size", type=positive_int, default=24, help="images per batch (default 24)")
+    b.add_argument("--iters", type=positive_int, default=20, help="timed batches (default 20)")
+    b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    b.add_argument("--dataset", choices=["acdc", "synthetic"], default="synthetic", help="the data set")
+    b.add_argument("--root", help="also time reading from this folder")
+    b.add_argument("--out", help="also write the results as JSON")
+
+# %% ../nbs/00_data.ipynb #datap3
 def data_parser() -> argparse.ArgumentParser:
     "Argument parser of `diffseg-data`."
     p = argparse.ArgumentParser(prog="diffseg-data",
                                 description="Data sets for diffseg_edu: inspect, generate, preview, download, "
                                             "benchmark.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    i = sub.add_parser("info", help="print one JSON object describing a data set")
-    i.add_argument("--dataset", choices=sorted(DATASETS), required=True)
-    i.add_argument("--root", help="data set root (synthetic: default the cached phantom)")
-    i.add_argument("--labeled-patients", type=positive_int, help="labelled patients (MOSXAV: sequences)")
-    s = sub.add_parser("synthetic", help="write the synthetic phantom data set")
-    s.add_argument("--dest", required=True)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--train", type=positive_int, default=20)
-    s.add_argument("--val", type=positive_int, default=5)
-    s.add_argument("--test", type=positive_int, default=5)
-    v = sub.add_parser("preview", help="save an overlay grid PNG")
-    v.add_argument("--dataset", choices=sorted(DATASETS), required=True)
-    v.add_argument("--root")
-    v.add_argument("--split", default=None)
-    v.add_argument("--n", type=positive_int, default=8)
-    v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--out", default="preview.png")
-    d = sub.add_parser("download", help="download and unpack a data set into the cache (or --dest)")
-    d.add_argument("name", choices=sorted(REGISTRY))
-    d.add_argument("--dest")
-    d.add_argument("--url", help="URL or Google Drive file id")
-    d.add_argument("--sha256", type=sha256_hex,
-                   help="the archive's expected SHA-256 (64 hex digits), checked before anything is fetched")
-    b = sub.add_parser("bench", help="augmentation throughput (and the file-to-batch path with --root)")
-    b.add_argument("--img-size", type=positive_int, default=256)
-    b.add_argument("--batch-size", type=positive_int, default=24)
-    b.add_argument("--iters", type=positive_int, default=20)
-    b.add_argument("--device", default="cpu")
-    b.add_argument("--dataset", choices=["acdc", "synthetic"], default="synthetic")
-    b.add_argument("--root")
-    b.add_argument("--out", help="also write the results as JSON")
+    for add in (add_info_and_synthetic, add_preview_and_download, add_data_bench): add(sub)
     return p
 
 # %% ../nbs/00_data.ipynb #609dc8das1
@@ -1545,41 +1597,44 @@ def main(argv: Sequence = None) -> int:
     return guard_command("diffseg-data", _run, data_parser().parse_args(argv))
 
 # %% ../nbs/00_data.ipynb #4a009a42
+def _preview(a, spec: DatasetSpec, root) -> str:
+    "`diffseg-data preview`: an overlay grid of `a.n` labelled cases (the middle slice of a volume), saved to `a.out`."
+    import matplotlib
+    matplotlib.use("Agg")
+    cases = open_cases(a.dataset, root, a.split or ("train_slices" if spec.layout == "ssl4mis" else "train"))
+    pool = [i for i in range(len(cases)) if getattr(cases, "has_label", None) is None or cases.has_label[i]]
+    chosen = np.random.default_rng(a.seed).choice(pool, min(a.n, len(pool)), replace=False)
+    picks = [cases.read(int(i)) for i in chosen]
+    volume = lambda p: spec.layout == "ssl4mis" and p["image"].ndim == 3
+    middle = lambda p: (p["image"][len(p["image"]) // 2], p["label"][len(p["label"]) // 2])
+    mid = [middle(p) if volume(p) else (p["image"], p["label"]) for p in picks]
+    fig = show_overlays([m[0] for m in mid], [m[1] for m in mid], spec.n_classes, [p["name"] for p in picks])
+    fig.savefig(a.out, dpi=80)
+    return a.out
+
+# %% ../nbs/00_data.ipynb #4a009a42s1
+def _data_bench(a, root) -> str:
+    "`diffseg-data bench`: augmentation throughput, and reading from `root` when there is one."
+    results = [benchmark_augment(a.img_size, a.batch_size, a.iters, str(device_of(a.device)))]
+    if root is not None:   # set for the phantom; for ACDC only when --root is given
+        results.append(benchmark_loader(H5Slices(root), a.img_size, a.batch_size, max(3, a.iters // 2)))
+    if a.out: Path(a.out).write_text(json.dumps({"results": results, "machine": machine_description()}, indent=1))
+    rates = " | ".join(f"{r['what']}: {r['slices_per_s']:.0f} slices/s" for r in results)
+    return "\n".join([*(json.dumps(r) for r in results), f"{rates} at {a.img_size}² on {a.device}"])
+
+# %% ../nbs/00_data.ipynb #4a009a42r
 def _run(a) -> int:
     "Carry out one parsed `diffseg-data` command."
     if getattr(a, "out", None): output_file(a.out)               # a bad --out fails now, not after the work
     root = getattr(a, "root", None)
     spec = dataset_spec(a.dataset) if getattr(a, "dataset", None) else None
     if root is None and spec is not None and (spec.default_root is not None or a.cmd != "bench"):
-        # the embedded phantom, or an error: this data set needs --root
-        root = spec.root(None, f"--dataset {a.dataset}")
-    if a.cmd == "info":
-        print(json.dumps(dataset_info(a.dataset, root, a.labeled_patients)))
-    elif a.cmd == "synthetic":
-        print(write_synthetic(a.dest, a.train, a.val, a.test, a.seed))
-    elif a.cmd == "preview":
-        import matplotlib
-        matplotlib.use("Agg")
-        cases = open_cases(a.dataset, root, a.split or ("train_slices" if spec.layout == "ssl4mis" else "train"))
-        pool = [i for i in range(len(cases)) if getattr(cases, "has_label", None) is None or cases.has_label[i]]
-        picks = [cases.read(int(i)) for i in np.random.default_rng(a.seed).choice(pool, min(a.n, len(pool)),
-                                                                                  replace=False)]
-        middle = lambda p: (p["image"][len(p["image"]) // 2], p["label"][len(p["label"]) // 2])   # of a volume
-        mid = [middle(p) if spec.layout == "ssl4mis" and p["image"].ndim == 3 else (p["image"],
-                                                                                    p["label"]) for p in picks]
-        fig = show_overlays([m[0] for m in mid], [m[1] for m in mid], spec.n_classes, [p["name"] for p in picks])
-        fig.savefig(a.out, dpi=80)
-        print(a.out)
-    elif a.cmd == "download":
-        print(download(a.name, a.dest, a.url, a.sha256, quiet=False))
-    elif a.cmd == "bench":
-        results = [benchmark_augment(a.img_size, a.batch_size, a.iters, str(device_of(a.device)))]
-        if root is not None:   # set above for the phantom; for ACDC only when --root is given
-            results.append(benchmark_loader(H5Slices(root), a.img_size, a.batch_size, max(3, a.iters // 2)))
-        for r in results: print(json.dumps(r))
-        rates = " | ".join(f"{r['what']}: {r['slices_per_s']:.0f} slices/s" for r in results)
-        print(f"{rates} at {a.img_size}² on {a.device}")
-        if a.out: Path(a.out).write_text(json.dumps({"results": results, "machine": machine_description()}, indent=1))
+        root = spec.root(None, f"--dataset {a.dataset}")   # the embedded phantom, or: this data set needs --root
+    if a.cmd == "info": print(json.dumps(dataset_info(a.dataset, root, a.labeled_patients)))
+    elif a.cmd == "synthetic": print(write_synthetic(a.dest, a.train, a.val, a.test, a.seed))
+    elif a.cmd == "preview": print(_preview(a, spec, root))
+    elif a.cmd == "download": print(download(a.name, a.dest, a.url, a.sha256, quiet=False))
+    elif a.cmd == "bench": print(_data_bench(a, root))
     return 0
 
 # %% ../nbs/00_data.ipynb #1ea77f3d

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['METRICS', 'PAPER_EMPTY', 'POLICIES', 'N_CLASSES', 'MetricError', 'dice', 'jaccard', 'surface_distances', 'hd95',
            'asd', 'binary_metrics', 'multiclass_metrics', 'prepare_for_inference', 'amp_context', 'input_channels',
-           'predict_volume', 'Evaluation', 'evaluate', 'plot_boxes', 'slice_dice', 'show_best_worst',
+           'predict_volume', 'EvaluationViews', 'Evaluation', 'evaluate', 'plot_boxes', 'slice_dice', 'show_best_worst',
            'benchmark_inference', 'benchmark_metrics', 'eval_cases', 'eval_parser', 'main']
 
 # %% ../nbs/02_metrics.ipynb #138f2c82
@@ -96,6 +96,7 @@ METRICS = ("dice", "jaccard", "hd95", "asd")
 PAPER_EMPTY = {"dice": 0.0, "jaccard": 0.0, "hd95": 50.0, "asd": 10.0}
 POLICIES = ("paper", "nan")
 
+# %% ../nbs/02_metrics.ipynb #0f23c854c
 def binary_metrics(prediction, reference, spacing=None, policy: str = "paper", metrics: Sequence = METRICS) -> dict:
     """The requested metrics (of `METRICS`) of one binary prediction against its reference, with an empty-mask `policy`
     (`paper` or `nan`)."""
@@ -186,8 +187,48 @@ def predict_volume(model: nn.Module, image, patch_size: tuple = (256, 256), batc
 _LABELS = {"dice": "Dice", "jaccard": "Jaccard", "hd95": "HD95", "asd": "ASD"}
 _nan_to_none = lambda v: None if isinstance(v, float) and np.isnan(v) else v
 
+def _group_means(v: np.ndarray, groups: Sequence) -> np.ndarray:
+    "Rows of `v` averaged per group (in order of first appearance), NaN values left out; all-NaN columns stay NaN."
+    g, rows = np.asarray(groups), []
+    for key in dict.fromkeys(groups):
+        sub = v[g == key]
+        ok = np.isfinite(sub)
+        rows.append(np.where(ok.any(0), np.where(ok, sub, 0).sum(0) / np.maximum(ok.sum(0), 1), np.nan))
+    return np.stack(rows)
+
+# %% ../nbs/02_metrics.ipynb #evalviews
+class EvaluationViews:
+    "Three views of an `Evaluation` for people and files: a one-line summary, a per-class table, a JSON-ready dict."
+    def summary(self) -> str:
+        "One line: the means and what they were computed on."
+        fmt = lambda m, v: f"{_LABELS[m]} {v:.4f}" if m in ("dice", "jaccard") else f"{_LABELS[m]} {v:.2f}"
+        grouped = "" if self.groups is None else f" in {len(set(self.groups))} sequences"
+        what = f"{len(self.names)} cases{grouped}, {len(self.classes)} classes, policy {self.policy}"
+        return " | ".join(fmt(m, v) for m, v in self.mean().items()) + f"  ({what})"
+    def table(self) -> str:
+        "Per-class means and the mean over classes, as fixed-width text."
+        pc, mean = self.per_class(), self.mean()
+        line = lambda name, vals: f"{name:<20}" + "".join(f"{v:>10.4f}" for v in vals)
+        head = f"{'class':<20}" + "".join(f"{_LABELS[m]:>10}" for m in self.metrics)
+        rows = [line(c, [pc[m][k] for m in self.metrics]) for k, c in enumerate(self.classes)]
+        return "\n".join([head, *rows, line("mean", mean.values())])
+    def to_dict(self) -> dict:
+        "JSON-ready: per-case values, per-class and overall means (NaN → null), left-out counts, timings."
+        case = lambda i: {c: {m: _nan_to_none(float(self.values[i, k, j])) for j, m in enumerate(self.metrics)}
+                          for k, c in enumerate(self.classes)}
+        group = lambda i: {"group": self.groups[i]} if self.groups else {}
+        averaged = "over cases, then classes"
+        if self.groups: averaged = "over sequences (each the mean of its frames), then classes"
+        return {"policy": self.policy, "metrics": list(self.metrics), "classes": list(self.classes),
+                "averaged": averaged,
+                "mean": {m: _nan_to_none(v) for m, v in self.mean().items()},
+                "per_class": {m: dict(zip(self.classes, map(_nan_to_none, v))) for m, v in self.per_class().items()},
+                "n_left_out": self.n_left_out(), "seconds": self.seconds,
+                "per_case": [{"name": n, **group(i), **case(i)} for i, n in enumerate(self.names)]}
+
+# %% ../nbs/02_metrics.ipynb #7d1c7df0c
 @dataclass
-class Evaluation:
+class Evaluation(EvaluationViews):
     "Per-case, per-class metric values `values[case, class, metric]` and their summaries."
     names: list
     classes: list             # foreground class names
@@ -196,57 +237,23 @@ class Evaluation:
     policy: str = "paper"
     seconds: dict = field(default_factory=dict)
     predictions: dict = None  # name → uint8 class map, when evaluate(..., keep_predictions=True)
-    # the sequence/video of every case (frame data sets): each group's cases are averaged first
-    groups: list = None
+    groups: list = None       # the sequence/video of every case (frames): each group's cases are averaged first
 
     def grouped(self, j: int) -> np.ndarray:
         "`values[:, :, j]`, with the cases of every group averaged into one row (NaN-aware) when `groups` is set."
-        v = self.values[:, :, j]
-        if self.groups is None: return v
-        g, rows = np.asarray(self.groups), []
-        for key in dict.fromkeys(self.groups):
-            sub = v[g == key]
-            ok = np.isfinite(sub)
-            rows.append(np.where(ok.any(0), np.where(ok, sub, 0).sum(0) / np.maximum(ok.sum(0), 1), np.nan))
-        return np.stack(rows)
+        return self.values[:, :, j] if self.groups is None else _group_means(self.values[:, :, j], self.groups)
     def per_class(self) -> dict:
-        """`{metric: [mean over cases of each class]}` (frames: over sequences, each the mean of its frames; NaN values
-        left out)."""
+        """`{metric: [mean over cases of each class]}` (frames: over sequences, each the mean of its frames; NaN left
+        out)."""
         col = lambda v: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
         return {m: [col(v) for v in self.grouped(j).T] for j, m in enumerate(self.metrics)}
     def mean(self) -> dict:
-        """`{metric: mean over classes of the per-class means}` (the paper's order of averaging); a class never scored
-        (NaN) is left out."""
+        """`{metric: mean over classes of the per-class means}` (the paper's order); a class never scored (NaN) is left
+        out."""
         return {m: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for m, v in self.per_class().items()}
     def n_left_out(self) -> dict:
         "`{metric: [cases with a NaN value, per class]}` (always zero under the `paper` policy)."
         return {m: np.isnan(self.values[:, :, j]).sum(0).tolist() for j, m in enumerate(self.metrics)}
-    # three views for people and files: a one-line summary, a per-class table, a JSON-ready dict
-    def summary(self) -> str:
-        "One line: the means and what they were computed on."
-        fmt = lambda m, v: f"{_LABELS[m]} {v:.4f}" if m in ("dice", "jaccard") else f"{_LABELS[m]} {v:.2f}"
-        what = f"{len(self.names)} cases{self._in_groups()}, {len(self.classes)} classes, policy {self.policy}"
-        return " | ".join(fmt(m, v) for m, v in self.mean().items()) + f"  ({what})"
-    def _in_groups(self) -> str: return "" if self.groups is None else f" in {len(set(self.groups))} sequences"
-    def table(self) -> str:
-        "Per-class means and the mean over classes, as fixed-width text."
-        pc, mean = self.per_class(), self.mean()
-        line = lambda name, vals: f"{name:<20}" + "".join(f"{v:>10.4f}" for v in vals)
-        head = f"{'class':<20}" + "".join(f"{_LABELS[m]:>10}" for m in self.metrics)
-        return "\n".join([head, *(line(c, [pc[m][k] for m in self.metrics]) for k, c in enumerate(self.classes)),
-                          line("mean", mean.values())])
-    def to_dict(self) -> dict:
-        "JSON-ready: per-case values, per-class and overall means (NaN → null), left-out counts, timings."
-        case = lambda i: {c: {m: _nan_to_none(float(self.values[i, k, j])) for j, m in enumerate(self.metrics)}
-                          for k, c in enumerate(self.classes)}
-        return {"policy": self.policy, "metrics": list(self.metrics), "classes": list(self.classes),
-                "averaged": ("over sequences (each the mean of its frames), then classes" if self.groups
-                             else "over cases, then classes"),
-                "mean": {m: _nan_to_none(v) for m, v in self.mean().items()},
-                "per_class": {m: dict(zip(self.classes, map(_nan_to_none, v))) for m, v in self.per_class().items()},
-                "n_left_out": self.n_left_out(), "seconds": self.seconds,
-                "per_case": [{"name": n, **({"group": self.groups[i]} if self.groups else {}),
-                              **case(i)} for i, n in enumerate(self.names)]}
 
 # %% ../nbs/02_metrics.ipynb #6e86de26
 def evaluate(model: nn.Module, cases, n_classes: int, patch_size: tuple = (256, 256), batch_size: int = 8,
@@ -427,6 +434,24 @@ def main(argv: Sequence = None) -> int:
     return guard_command("diffseg-eval", _eval, eval_parser().parse_args(argv))
 
 # %% ../nbs/02_metrics.ipynb #16c0c2b4
+def _eval_bench(a, model, cases, size: tuple, n_classes: int, device) -> int:
+    "`diffseg-eval --bench`: time inference and the metrics instead of evaluating."
+    results = [benchmark_inference(cases, model, size, a.batch_size, a.amp, a.fast, device, a.n_cases),
+               benchmark_metrics(cases, n_classes, a.n_cases)]
+    for r in results: print(json.dumps(r))
+    if a.out: Path(a.out).write_text(json.dumps({"results": results, "machine": machine_description()}, indent=1))
+    return 0
+
+# %% ../nbs/02_metrics.ipynb #16c0c2b4s1
+def _write_evaluation(a, ev: Evaluation, root, size: tuple):
+    "The `--out` JSON of `diffseg-eval`: the evaluation, the settings that made it, the machine."
+    settings = {"ckpt": str(a.ckpt), "dataset": a.dataset, "root": str(root), "split": a.split,
+                "img_size": list(size), "amp": a.amp}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    result = {**ev.to_dict(), "settings": settings, "machine": machine_description()}
+    Path(a.out).write_text(json.dumps(result, indent=1))
+
+# %% ../nbs/02_metrics.ipynb #16c0c2b4r
 def _eval(a) -> int:
     "Carry out one parsed `diffseg-eval` command."
     if a.ckpt is None and not a.bench: raise ModelError("--ckpt is required (unless --bench)")
@@ -436,25 +461,13 @@ def _eval(a) -> int:
     root = spec.root(a.root, f"--dataset {a.dataset}")
     model, ckpt = load_model(a.ckpt) if a.ckpt else (UNet(spec.in_channels, N_CLASSES[a.dataset]), {})
     size, cases, n_classes = _img_size(a, ckpt), eval_cases(a.dataset, root, a.split), N_CLASSES[a.dataset]
-    if a.bench:
-        results = [benchmark_inference(cases, model, size, a.batch_size, a.amp, a.fast, device, a.n_cases),
-                   benchmark_metrics(cases, n_classes, a.n_cases)]
-        for r in results: print(json.dumps(r))
-        if a.out: Path(a.out).write_text(json.dumps({"results": results, "machine": machine_description()}, indent=1))
-        return 0
+    if a.bench: return _eval_bench(a, model, cases, size, n_classes, device)
     if getattr(model, "n_classes", n_classes) != n_classes:
         raise ModelError(f"{a.ckpt}: the checkpoint predicts {model.n_classes} classes but {a.dataset} has {n_classes}")
-    names = spec.classes
     ev = evaluate(model, cases, n_classes, size, a.batch_size, a.policy or spec.policy, amp=a.amp, device=device,
-                  class_names=names, fast=a.fast,
-                  group_of=spec.group_of)
+                  class_names=spec.classes, fast=a.fast, group_of=spec.group_of)
     print(f"{a.ckpt} on {a.dataset}/{a.split} ({len(cases)} cases, input {size[0]}×{size[1]}, {device})")
     print(ev.table())
     print(ev.summary())
-    if a.out:
-        settings = {"ckpt": str(a.ckpt), "dataset": a.dataset, "root": str(root), "split": a.split,
-                    "img_size": list(size), "amp": a.amp}
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({**ev.to_dict(), "settings": settings, "machine": machine_description()},
-                                          indent=1))
+    if a.out: _write_evaluation(a, ev, root, size)
     return 0

@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['PrototypeError', 'soft_masks', 'masked_average', 'PrototypeMemory', 'prototype_nce', 'prototype_consistency',
-           'ProjectionHead', 'PrototypeConfig', 'PrototypeContrast', 'noisy_labels', 'label_dice', 'train_rectifier',
-           'NoiseStudyConfig', 'study_data', 'study_run', 'summarise_study', 'noise_study', 'paired_difference',
-           'study_table', 'plot_study', 'write_study', 'add_noise_command', 'noise_command']
+           'ProjectionHead', 'PrototypeConfig', 'prototype_losses', 'PrototypeContrast', 'noisy_labels', 'label_dice',
+           'train_rectifier', 'NoiseStudyConfig', 'study_data', 'study_run', 'summarise_study', 'noise_study',
+           'paired_difference', 'study_table', 'plot_study', 'write_study', 'add_noise_command', 'noise_command']
 
 # %% ../nbs/05_prototypes.ipynb #8d7d4a36
 import argparse, json, os, sys, time
@@ -121,6 +121,21 @@ class PrototypeConfig:
         if self.beta < 0: raise PrototypeError(f"beta={self.beta}: must be ≥ 0")
         if not 0 < self.min_fraction <= 1: raise PrototypeError(f"min_fraction={self.min_fraction}: must be in (0, 1]")
 
+# %% ../nbs/05_prototypes.ipynb #protoloss
+def prototype_losses(q: torch.Tensor, masks: torch.Tensor, anchors: torch.Tensor, valid: torch.Tensor,
+                     cfg: PrototypeConfig) -> tuple:
+    """`(InfoNCE, consistency)` of unit embeddings `q` `(B, D, h, w)` with soft class `masks` against the `anchors`:
+    pixels whose majority class covers at least `min_fraction` of them are queries; consistency only when asked."""
+    frac, cls = masks.max(1)
+    keep = rearrange(frac >= cfg.min_fraction, "b h w -> (b h w)")
+    nce = prototype_nce(rearrange(q, "b d h w -> (b h w) d")[keep], rearrange(cls, "b h w -> (b h w)")[keep],
+                        anchors, valid, cfg.tau)
+    cons = torch.zeros((), device=q.device)
+    if cfg.consistency:
+        p_hat, mass = masked_average(q, masks)
+        cons = prototype_consistency(p_hat, anchors, (mass > 0) & valid)
+    return nce, cons
+
 # %% ../nbs/05_prototypes.ipynb #778be849
 class PrototypeContrast(nn.Module):
     """The prototype contrastive consistency term as a rectifier hook: `hook(stage, latents, labels, labeled,
@@ -162,16 +177,18 @@ class PrototypeContrast(nn.Module):
         if stage == "b1":
             self.update(target, masks,
                         labeled.bool() if self.cfg.sources == "gt" else torch.ones_like(labeled, dtype=torch.bool))
-        anchors, valid = self.anchors()
-        frac, cls = masks.max(1)
-        keep = rearrange(frac >= self.cfg.min_fraction, "b h w -> (b h w)")
-        nce = prototype_nce(rearrange(q, "b d h w -> (b h w) d")[keep], rearrange(cls, "b h w -> (b h w)")[keep],
-                            anchors, valid, self.cfg.tau)
-        cons = torch.zeros((), device=q.device)
-        if self.cfg.consistency:
-            p_hat, mass = masked_average(q, masks)
-            cons = prototype_consistency(p_hat, anchors, (mass > 0) & valid)
+        nce, cons = prototype_losses(q, masks, *self.anchors(), self.cfg)
         return {"loss": beta * (nce + cons), "nce": nce.detach(), "cons": cons.detach(), "beta": beta}
+
+# %% ../nbs/05_prototypes.ipynb #noise0i
+def _erode_or_dilate(label: torch.Tensor, level: float, r: int, n_classes: int, generator: torch.Generator):
+    "In place on one class map: each foreground class dilated or eroded by `r` pixels (probability min(1, 1.5·level))."
+    for c in range(1, n_classes):
+        u = torch.rand(2, generator=generator)
+        if level == 0 or u[0] >= min(1.0, 1.5 * level): continue
+        mask = (label == c).float()[None, None]
+        if u[1] < 0.5: label[(F.max_pool2d(mask, 2 * r + 1, 1, r)[0, 0] > 0)] = c               # dilate
+        else: label[(label == c) & ~(-F.max_pool2d(-mask, 2 * r + 1, 1, r)[0, 0] > 0)] = 0     # erode
 
 # %% ../nbs/05_prototypes.ipynb #6a0e6d09
 def noisy_labels(labels: torch.Tensor, level: float, n_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -184,14 +201,7 @@ def noisy_labels(labels: torch.Tensor, level: float, n_classes: int, generator: 
     r = max(1, round(level * H / 16))
     yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
     for b in range(B):
-        for c in range(1, n_classes):
-            u = torch.rand(2, generator=generator)
-            if level == 0 or u[0] >= min(1.0, 1.5 * level): continue
-            mask = (out[b] == c).float()[None, None]
-            # dilate
-            if u[1] < 0.5: out[b][(F.max_pool2d(mask, 2 * r + 1, 1, r)[0, 0] > 0)] = c
-            # erode
-            else: out[b][(out[b] == c) & ~(-F.max_pool2d(-mask, 2 * r + 1, 1, r)[0, 0] > 0)] = 0
+        _erode_or_dilate(out[b], level, r, n_classes, generator)
         if n_classes > 2 and float(torch.rand(1, generator=generator)) < level / 2:
             c1, c2 = (1 + torch.randperm(n_classes - 1, generator=generator)[:2]).tolist()
             out[b] = torch.where(out[b] == c1, c2, torch.where(out[b] == c2, c1, out[b]))

@@ -281,20 +281,25 @@ def supervised_loss(logits: torch.Tensor, y: torch.Tensor, n_classes: int) -> to
     return 0.5 * (F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX) + dice_loss(logits, y, n_classes))
 
 # %% ../nbs/01_unet.ipynb #9b91ee50
+def _optimizer(model: nn.Module, name: str, lr: float = None):
+    "Adam (lr 1e-3) or the official SGD (lr 0.01, momentum 0.9, weight decay 1e-4) over `model`'s parameters."
+    if name not in ("adam", "sgd"): raise ValueError(f"optimizer {name!r}: use 'adam' or 'sgd'")
+    if name == "adam": return torch.optim.Adam(model.parameters(), lr=lr or 1e-3)
+    return torch.optim.SGD(model.parameters(), lr=lr or 0.01, momentum=0.9, weight_decay=1e-4)
+
+# %% ../nbs/01_unet.ipynb #9b91ee50s1
 def fit_supervised(model: nn.Module, cases, n_iters: int, patch_size: tuple = (128, 128), batch_size: int = 8,
                    optimizer: str = "adam", lr: float = None, seed: int = 0, device=None) -> list:
     """Train `model` in place on every labelled slice of `cases` (e.g. `H5Slices`) with `supervised_loss`; the loss per
     iteration. Slices are resized to `patch_size` (nearest) and shuffled by `seed`; `optimizer` is `"adam"` (lr 1e-3)
     or `"sgd"` (official: lr 0.01, momentum 0.9, wd 1e-4)."""
-    if optimizer not in ("adam", "sgd"): raise ValueError(f"optimizer {optimizer!r}: use 'adam' or 'sgd'")
     data = SemiSupervisedSlices(cases, labeled_idx=range(len(cases)), patch_size=patch_size)
     if len(data) < batch_size: raise ValueError(f"{len(data)} slices are fewer than one batch of {batch_size}")
     device = torch.device(device) if device else next(model.parameters()).device
     torch.manual_seed(seed)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
-    opt = (torch.optim.Adam(model.parameters(), lr=lr or 1e-3) if optimizer == "adam" else
-           torch.optim.SGD(model.parameters(), lr=lr or 0.01, momentum=0.9, weight_decay=1e-4))
+    opt = _optimizer(model, optimizer, lr)
     n_classes, losses = model.config["n_classes"], []
     model.to(device).train()
     while len(losses) < n_iters:
