@@ -307,19 +307,24 @@ def latent_pca(z: torch.Tensor, k: int = 3, reference: torch.Tensor = None) -> t
     lo, hi = pr.amin((0, 2, 3), keepdim=True), pr.amax((0, 2, 3), keepdim=True)
     return ((project(z) - lo) / (hi - lo + 1e-8)).clamp(0, 1)
 
+# %% ../nbs/04_label_diffusion.ipynb #stepstatic
+def _static_panels(frames: Sequence, titles: Sequence, size: float):
+    "A row of titled panels: what `step_viewer` shows where widgets do not render (a static notebook, CI)."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, len(frames), figsize=(size * len(frames), size + 0.4), squeeze=False)
+    for a, f, t in zip(ax[0], frames, titles):
+        a.imshow(f, cmap="viridis")
+        a.set_title(t, fontsize=7)
+        a.axis("off")
+    fig.tight_layout()
+    return fig
+
 # %% ../nbs/04_label_diffusion.ipynb #66b5a234
 def step_viewer(frames: Sequence, titles: Sequence, static: bool = None, size: float = 1.6):
     """Show `frames` (H×W or H×W×3 arrays) one at a time with an ipywidgets slider; a static row of panels when widgets
     are unavailable."""
     import matplotlib.pyplot as plt
-    if static if static is not None else not widgets_live():
-        fig, ax = plt.subplots(1, len(frames), figsize=(size * len(frames), size + 0.4), squeeze=False)
-        for a, f, t in zip(ax[0], frames, titles):
-            a.imshow(f, cmap="viridis")
-            a.set_title(t, fontsize=7)
-            a.axis("off")
-        fig.tight_layout()
-        return fig
+    if static if static is not None else not widgets_live(): return _static_panels(frames, titles, size)
     import ipywidgets as widgets
     from IPython.display import display
     slider, out = widgets.IntSlider(0, 0, len(frames) - 1, description="step"), widgets.Output()

@@ -264,9 +264,8 @@ def evaluate(model: nn.Module, cases, n_classes: int, patch_size: tuple = (256, 
     folds batch norm and uses `channels_last` (same predictions up to rounding); `device` defaults to the model's;
     `group_of(name)` (frames: their sequence) makes the means average each group's cases first."""
     if policy not in POLICIES: raise MetricError(f"unknown empty-mask policy {policy!r} (choose from {POLICIES})")
-    model_classes = getattr(model, "n_classes", None)
-    if model_classes is not None and model_classes != n_classes:
-        raise MetricError(f"the model predicts {model_classes} classes but the data has {n_classes}")
+    if getattr(model, "n_classes", n_classes) != n_classes:
+        raise MetricError(f"the model predicts {model.n_classes} classes but the data has {n_classes}")
     device = torch.device(device) if device else next(model.parameters()).device
     net = prepare_for_inference(model, device, channels_last=fast, fuse=fast)
     names, rows, preds, t_pred, t_metric = [], [], {}, 0.0, 0.0
@@ -282,10 +281,10 @@ def evaluate(model: nn.Module, cases, n_classes: int, patch_size: tuple = (256, 
         names.append(case.get("name", str(i)))
         if keep_predictions: preds[names[-1]] = pred
     classes = list(class_names)[1:] if class_names is not None else [f"class {c}" for c in range(1, n_classes)]
-    return Evaluation(names, classes, tuple(metrics), np.stack(rows), policy,
-                      {"inference": round(t_pred, 3),
-                       "metrics": round(t_metric, 3)}, preds if keep_predictions else None,
-                      [group_of(n) for n in names] if group_of else None)
+    seconds = {"inference": round(t_pred, 3), "metrics": round(t_metric, 3)}
+    groups = [group_of(n) for n in names] if group_of else None
+    return Evaluation(names, classes, tuple(metrics), np.stack(rows), policy, seconds,
+                      preds if keep_predictions else None, groups)
 
 # %% ../nbs/02_metrics.ipynb #e6ef4a07
 def plot_boxes(ev: Evaluation, metrics: Sequence = None, figsize: tuple = None):

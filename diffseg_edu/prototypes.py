@@ -346,32 +346,31 @@ def summarise_study(runs: list) -> list:
                          "dice_rectified": stat("dice_rectified"), "gain": (float(np.mean(gain)), float(np.std(gain)))})
     return rows
 
+# %% ../nbs/05_prototypes.ipynb #studyres
+def _study_results(cfg: NoiseStudyConfig, data: dict, tasks: list):
+    "The result of every task, in order: in this process (`workers=1`) or in `cfg.workers` spawned ones."
+    if cfg.workers == 1:
+        _study_worker_init(cfg, data, torch.get_num_threads())
+        yield from map(_study_task, tasks)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+    with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=_study_worker_init,
+                             initargs=(cfg, data, threads)) as ex:
+        yield from ex.map(_study_task, tasks)
+
 # %% ../nbs/05_prototypes.ipynb #a55f2fc3s3
 def noise_study(cfg: NoiseStudyConfig, progress: bool = True) -> dict:
     """Run every (level, seed, method) of the study, `cfg.workers` at a time; returns settings, machine, runs and the
     summary."""
     data, t0 = study_data(cfg), time.perf_counter()
     tasks = [(lv, s, m) for lv in cfg.levels for s in cfg.seeds for m in ("diffrect", "prototypes")]
-    if cfg.workers == 1:
-        _study_worker_init(cfg, data, torch.get_num_threads())
-        runs = []
-        for i, t in enumerate(tasks):
-            runs.append(_study_task(t))
-            if progress:
-                print(f"[{i + 1}/{len(tasks)}] {t}: {runs[-1]['dice_noisy']:.3f} → {runs[-1]['dice_rectified']:.3f}",
-                      file=sys.stderr)
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        threads = max(1, (os.cpu_count() or 1) // cfg.workers)
-        with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=_study_worker_init,
-                                 initargs=(cfg, data, threads)) as ex:
-            runs = []
-            for i, r in enumerate(ex.map(_study_task, tasks)):
-                runs.append(r)
-                if progress:
-                    print(f"[{i + 1}/{len(tasks)}] {tasks[i]}: {r['dice_noisy']:.3f} → {r['dice_rectified']:.3f}",
-                          file=sys.stderr)
+    runs = []
+    for i, r in enumerate(_study_results(cfg, data, tasks)):
+        runs.append(r)
+        if progress: print(f"[{i + 1}/{len(tasks)}] {tasks[i]}: {r['dice_noisy']:.3f} → {r['dice_rectified']:.3f}",
+                           file=sys.stderr)
     return {"what": "noise_study", "config": asdict(cfg), "data_root": data["root"],
             "n_train_slices": len(data["images"]),
             "n_eval_slices": len(data["eval_images"]), "machine": machine_description(), "torch": torch.__version__,

@@ -7,7 +7,7 @@ __all__ = ['METHODS', 'SETTING_RULES', 'PRESETS', 'LEGACY', 'UNREAD', 'NUMBER_OP
            'TrainConfig', 'check_settings', 'make_config', 'run_schedule', 'unsup_weight', 'rect_weight',
            'refine_config', 'augment_config', 'same_config', 'check_config', 'pick_device', 'data_root', 'TrainData',
            'bf16_native', 'fast_settings', 'build_models', 'learning_rates', 'prepare_run', 'train_step', 'rng_state',
-           'training_state', 'restore_state', 'Distributed', 'SyncedOptimizer', 'RunLog', 'validate',
+           'training_state', 'restore_state', 'Collectives', 'Distributed', 'SyncedOptimizer', 'RunLog', 'validate',
            'resume_checkpoint', 'resume_state', 'hold_folder', 'TrainingRun', 'open_run', 'set_learning_rates',
            'check_losses', 'validate_and_keep_best', 'log_values', 'save_training_state', 'show_progress', 'finish_run',
            'train', 'final_metrics', 'plot_curves', 'train_parser', 'parse_sets', 'main']
@@ -400,8 +400,44 @@ def restore_state(models: dict, ckpt: dict, rank: int = 0) -> tuple:
     if "cuda" in rng and torch.cuda.is_available(): torch.cuda.set_rng_state_all(rng["cuda"])
     return ckpt["iteration"], ckpt["best"]
 
+# %% ../nbs/06_training.ipynb #avggrads
+def _average_grads(params: list, world: int, device: torch.device):
+    "All-reduce the gradients of `params` (one flat buffer) and divide by `world`; a missing gradient counts as zero."
+    has = torch.tensor([float(p.grad is not None) for p in params], device=device)
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params])
+    torch.distributed.all_reduce(has)
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    for p, h, g in zip(params, has.tolist(), flat.split([p.numel() for p in params])):
+        if h == 0: continue
+        if p.grad is None: p.grad = torch.empty_like(p)
+        p.grad.copy_(g.view(p.shape))
+
+# %% ../nbs/06_training.ipynb #collect0
+class Collectives:
+    "What one process needs from the group: whether it is the main one, means, gathers, a barrier (no-ops alone)."
+    rank, world, device = 0, 1, torch.device("cpu")
+    @property
+    def main(self) -> bool: return self.rank == 0
+    def mean(self, values: dict) -> dict:
+        "The mean of each float in `values` over the processes."
+        if self.world == 1: return values
+        v = torch.tensor(list(values.values()), dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(v)
+        return dict(zip(values, (v / self.world).tolist()))
+    def gather(self, obj) -> list:
+        "`obj` of every process, in rank order."
+        if self.world == 1: return [obj]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+    def barrier(self):
+        if self.world > 1: torch.distributed.barrier()
+    def close(self):
+        if self.world > 1 and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
+
 # %% ../nbs/06_training.ipynb #24e094ed
-class Distributed:
+class Distributed(Collectives):
     """Rank, world size and device of this process under `accelerate launch`/`torchrun` (via Accelerate); a no-op for
     one process."""
     def __init__(self, device: str = "auto"):
@@ -414,43 +450,15 @@ class Distributed:
         cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
         state = PartialState(cpu=cpu)
         self.rank, self.world, self.device = state.process_index, state.num_processes, state.device
-    @property
-    def main(self) -> bool: return self.rank == 0
-    def mean(self, values: dict) -> dict:
-        "The mean of each float in `values` over the processes."
-        if self.world == 1: return values
-        v = torch.tensor(list(values.values()), dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(v)
-        return dict(zip(values, (v / self.world).tolist()))
     def sync_grads(self, params: Sequence):
-        """Average the gradients of `params` over the processes (a missing gradient counts as zero; None where no
-        process has one)."""
-        if self.world == 1: return
-        params = list(params)
-        has = torch.tensor([float(p.grad is not None) for p in params], device=self.device)
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params])
-        torch.distributed.all_reduce(has)
-        torch.distributed.all_reduce(flat)
-        flat /= self.world
-        for p, h, g in zip(params, has.tolist(), flat.split([p.numel() for p in params])):
-            if h == 0: continue
-            if p.grad is None: p.grad = torch.empty_like(p)
-            p.grad.copy_(g.view(p.shape))
-    def gather(self, obj) -> list:
-        "`obj` of every process, in rank order."
-        if self.world == 1: return [obj]
-        out = [None] * self.world
-        torch.distributed.all_gather_object(out, obj)
-        return out
+        """Average the gradients of `params` over the processes (a missing one counts as zero; None where no process has
+        one)."""
+        if self.world > 1: _average_grads(list(params), self.world, self.device)
     def check_same(self, module: nn.Module):
         "Raise if the parameters of `module` differ between the processes."
         if self.world == 1: return
         sums = self.gather(float(sum(p.detach().double().sum() for p in module.parameters())))
         if len(set(sums)) > 1: raise RuntimeError(f"the processes' weights diverged (parameter sums {sums})")
-    def barrier(self):
-        if self.world > 1: torch.distributed.barrier()
-    def close(self):
-        if self.world > 1 and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
 
 # %% ../nbs/06_training.ipynb #24e094eds1
 class SyncedOptimizer:
