@@ -222,11 +222,11 @@ def summarise_runs(records: list) -> list:
 
 # %% ../nbs/07_benchmark.ipynb #6e9db59ds2
 def acdc_benchmark(root, labeled_patients: int = 3, methods: Sequence = METHODS, seeds: Sequence = (1337,),
-                   out="results/acdc",
-                   preset: str = "cpu", progress: bool = False, dataset: str = "acdc", **overrides) -> dict:
+                   out=None, preset: str = "cpu", progress: bool = False, dataset: str = "acdc", **overrides) -> dict:
     """Train and evaluate every (method, seed) with `preset` on `dataset` (ACDC by default; `root` None: the data set's
-    phantom); returns settings, machine, per-run records and the summary."""
-    runs_dir, t0, records = Path(out) / "runs", time.perf_counter(), []
+    phantom) into `out` (default `results/<dataset>`); returns settings, machine, per-run records and the summary."""
+    out = Path(out or f"results/{dataset}")
+    runs_dir, t0, records = out / "runs", time.perf_counter(), []
     root = dataset_spec(dataset).root(root, f"--dataset {dataset}")
     cfgs = [check_config(make_config(preset, method=m, dataset=dataset, root=str(root),
                                      labeled_patients=labeled_patients, seed=s, **overrides))
@@ -525,6 +525,9 @@ def _acdc_command(a, command: str) -> int:
     settings = (("iters", a.iters), ("img_size", a.img_size), ("val_every", a.val_every), ("device", a.device),
                 ("amp", a.amp), ("fast", a.fast))
     over = {k: v for k, v in settings if v is not None} | parse_sets(a.set)
+    taken = sorted(set(over) & {"dataset", "root", "method", "seed", "labeled_patients"})
+    if taken:
+        raise ConfigError(f"--set {', '.join(taken)}: use --dataset, --root, --methods, --seeds, --labeled-patients")
     if a.paper and a.preset not in (None, "paper"):
         raise ConfigError(f"--paper is --preset paper; it contradicts --preset {a.preset}")
     preset = "paper" if a.paper else a.preset or "cpu"

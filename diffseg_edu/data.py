@@ -845,9 +845,9 @@ def _check_videos(root: Path, split: str, videos: set):
 # %% ../nbs/00_data.ipynb #endoorph
 def _check_orphans(root: Path, folder: Path, paths: list):
     "Refuse an annotation in `semseg/` for a video of this split whose frame is missing from `folder`."
-    videos, stems = {p.stem.split("_")[0] for p in paths}, {p.stem for p in paths}
-    orphans = [m for m in sorted((root / "semseg").glob("*.png"))
-               if m.stem.split("_")[0] in videos and m.stem not in stems]
+    video = lambda stem: int(stem.split("_")[0]) if stem.split("_")[0].isdigit() else stem
+    videos, stems = {video(p.stem) for p in paths}, {p.stem for p in paths}
+    orphans = [m for m in sorted((root / "semseg").glob("*.png")) if video(m.stem) in videos and m.stem not in stems]
     if orphans:
         raise DataError(f"{orphans[0]}: an annotated frame of this split's videos without its image "
                         f"{folder / (orphans[0].stem + '.jpg')}")
@@ -902,35 +902,42 @@ def endoscapes_scene(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, tilt:
     label[(np.abs(yy - (1 - xx) * 0.6 - 0.1) < 0.05) & (xx > 0.7 - 0.05 * t)] = 6                # the instrument
     return label
 
+# %% ../nbs/00_data.ipynb #endowrite
+def _write_endoscapes(dest: Path, spec: dict):
+    "Write the tree `write_endoscapes_sample` describes by `spec` (its own folders cleared first: no stale frames)."
+    from PIL import Image
+    for d in [*(f"{s}_seg" for s in ENDOSCAPES_SPLITS), "semseg"]: shutil.rmtree(dest / d, ignore_errors=True)
+    rng, size = np.random.default_rng(spec["seed"]), tuple(spec["size"])
+    yy, xx = np.mgrid[0:size[0], 0:size[1]] / np.array(size).reshape(2, 1, 1)
+    (dest / "semseg").mkdir(parents=True)
+    if spec["label_map"]: (dest / "seg_label_map.txt").write_text("\n".join(ENDOSCAPES_CLASSES) + "\n")
+    first = np.cumsum([1] + spec["videos"])
+    for split, a, b in zip(ENDOSCAPES_SPLITS, first[:-1], first[1:]):
+        (dest / f"{split}_seg").mkdir()
+        (dest / f"{split}_seg_vids.txt").write_text("".join(f"{v:.18e}\n" for v in range(a, b)))
+        for v in range(a, b):
+            cy, cx, tilt = rng.uniform(0.35, 0.55), rng.uniform(0.4, 0.6), rng.uniform(-0.3, 0.3)
+            for t in range(spec["n_frames"]):
+                label = endoscapes_scene(yy, xx, cy, cx, tilt, t)
+                shade = 0.85 + 0.15 * np.cos(3 * xx + yy + v)[..., None]
+                image = ENDOSCAPES_COLOURS[label] * shade + rng.normal(0, 6, (*size, 3))
+                name = f"{v}_{100 + 25 * t}"
+                Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(dest / f"{split}_seg" / f"{name}.jpg",
+                                                                              quality=95)
+                if t % spec["every"] == 0:
+                    Image.fromarray(np.repeat(label[..., None], 3, -1)).save(dest / "semseg" / f"{name}.png")
+
 # %% ../nbs/00_data.ipynb #endo4codec
 def write_endoscapes_sample(dest, videos: tuple = (3, 1, 1), n_frames: int = 6, every: int = 3, size: tuple = (48, 64),
                             seed: int = 0, label_map: bool = True) -> Path:
     """A small EndoScapes-layout tree: `videos` = videos per train/val/test split, `n_frames` frames each, every
-    `every`-th annotated."""
-    from PIL import Image
-    rng, dest, (H, W) = np.random.default_rng(seed), Path(dest), size
-    yy, xx = np.mgrid[0:H, 0:W] / np.array(size).reshape(2, 1, 1)
-    with folder_lock(dest, "the EndoScapes sample generator"):
-        (dest / "semseg").mkdir(parents=True, exist_ok=True)
-        if label_map: (dest / "seg_label_map.txt").write_text("\n".join(ENDOSCAPES_CLASSES) + "\n")
-        vid = 1
-        for split, n in zip(ENDOSCAPES_SPLITS, videos):
-            (dest / f"{split}_seg").mkdir(exist_ok=True)
-            ids = list(range(vid, vid + n))
-            vid += n
-            (dest / f"{split}_seg_vids.txt").write_text("".join(f"{v:.18e}\n" for v in ids))
-            for v in ids:
-                cy, cx, tilt = rng.uniform(0.35, 0.55), rng.uniform(0.4, 0.6), rng.uniform(-0.3, 0.3)
-                for t in range(n_frames):
-                    label = endoscapes_scene(yy, xx, cy, cx, tilt, t)
-                    shade = 0.85 + 0.15 * np.cos(3 * xx + yy + v)[..., None]
-                    image = ENDOSCAPES_COLOURS[label] * shade + rng.normal(0, 6, (*size, 3))
-                    name = f"{v}_{100 + 25 * t}"
-                    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(dest / f"{split}_seg" / f"{name}.jpg",
-                                                                                  quality=95)
-                    if t % every == 0:
-                        Image.fromarray(np.repeat(label[..., None], 3, -1)).save(dest / "semseg" / f"{name}.png")
-    return dest
+    `every`-th annotated; idempotent for the same arguments (`write_once`), rewritten without stale files otherwise."""
+    spec = dict(videos=list(videos), n_frames=n_frames, every=every, size=[int(s) for s in np.atleast_1d(size)],
+                seed=seed, label_map=label_map, version=1)
+    if len(spec["videos"]) != 3 or len(spec["size"]) != 2 or min(*videos, n_frames, every) < 1 or min(size) < 8:
+        raise DataError(f"{dest}: the EndoScapes sample needs three video counts ≥ 1, n_frames and every ≥ 1 and a "
+                        f"(height, width) size of at least 8 pixels; got {spec}")
+    return write_once(dest, spec, "the EndoScapes sample generator", lambda d: _write_endoscapes(d, spec))
 
 # %% ../nbs/00_data.ipynb #xa0seq
 @dataclass
@@ -1096,8 +1103,7 @@ def _write_xa(dest: Path, spec: dict):
                 for t in range(spec["n_frames"]):
                     image, label, other = xa_frame(seq, t, spec["n_frames"], rng)
                     frame = Image.fromarray(np.round(image * 255).astype(np.uint8))
-                    frame.save(base / "JPEGImages" / name / f"{t:05d}.jpg",
-                                                                                 quality=95)
+                    frame.save(base / "JPEGImages" / name / f"{t:05d}.jpg", quality=95)
                     if subset == "test" or t % spec["every"] == 0:
                         Image.fromarray(np.where(other, 5, label).astype(np.uint8) if subset == "test" else label).save(
                             base / "Annotations_Semantic" / name / f"{t:05d}.png")

@@ -164,6 +164,7 @@ def predict_volume(model: nn.Module, image, patch_size: tuple = (256, 256), batc
     W)`): nearest resize of every slice to `patch_size`, batched forward passes of `batch_size` slices on the model's
     device, nearest resize back."""
     C, x = input_channels(model), torch.as_tensor(np.asarray(image), dtype=torch.float32)
+    if x.ndim < 2: raise MetricError(f"expected an image or a volume, got shape {tuple(x.shape)}")
     squeeze = x.ndim == (2 if C == 1 else 3)
     x = x[None] if squeeze else x
     x = x[:, None] if C == 1 else x
@@ -192,7 +193,7 @@ def _group_means(v: np.ndarray, groups: Sequence) -> np.ndarray:
     g, rows = np.asarray(groups), []
     for key in dict.fromkeys(groups):
         sub = v[g == key]
-        ok = np.isfinite(sub)
+        ok = ~np.isnan(sub)                 # as np.nanmean: only NaN (a class not scored) is left out
         rows.append(np.where(ok.any(0), np.where(ok, sub, 0).sum(0) / np.maximum(ok.sum(0), 1), np.nan))
     return np.stack(rows)
 
@@ -264,8 +265,9 @@ def evaluate(model: nn.Module, cases, n_classes: int, patch_size: tuple = (256, 
     folds batch norm and uses `channels_last` (same predictions up to rounding); `device` defaults to the model's;
     `group_of(name)` (frames: their sequence) makes the means average each group's cases first."""
     if policy not in POLICIES: raise MetricError(f"unknown empty-mask policy {policy!r} (choose from {POLICIES})")
-    if getattr(model, "n_classes", n_classes) != n_classes:
-        raise MetricError(f"the model predicts {model.n_classes} classes but the data has {n_classes}")
+    model_classes = getattr(model, "n_classes", None)
+    if model_classes is not None and model_classes != n_classes:
+        raise MetricError(f"the model predicts {model_classes} classes but the data has {n_classes}")
     device = torch.device(device) if device else next(model.parameters()).device
     net = prepare_for_inference(model, device, channels_last=fast, fuse=fast)
     names, rows, preds, t_pred, t_metric = [], [], {}, 0.0, 0.0

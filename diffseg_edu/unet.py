@@ -293,6 +293,7 @@ def fit_supervised(model: nn.Module, cases, n_iters: int, patch_size: tuple = (1
     """Train `model` in place on every labelled slice of `cases` (e.g. `H5Slices`) with `supervised_loss`; the loss per
     iteration. Slices are resized to `patch_size` (nearest) and shuffled by `seed`; `optimizer` is `"adam"` (lr 1e-3)
     or `"sgd"` (official: lr 0.01, momentum 0.9, wd 1e-4)."""
+    if optimizer not in ("adam", "sgd"): raise ValueError(f"optimizer {optimizer!r}: use 'adam' or 'sgd'")
     data = SemiSupervisedSlices(cases, labeled_idx=range(len(cases)), patch_size=patch_size)
     if len(data) < batch_size: raise ValueError(f"{len(data)} slices are fewer than one batch of {batch_size}")
     device = torch.device(device) if device else next(model.parameters()).device

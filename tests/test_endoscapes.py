@@ -133,3 +133,15 @@ def test_bad_video_lists(tmp_path):
     with pytest.raises(DataError, match=r"2_150.png: an annotated frame of this split's videos without its image"): EndoscapesFrames(root, "train")
     shutil.rmtree(root / "test_seg")
     with pytest.raises(DataError, match="test_seg: no such EndoScapes split folder"): dataset_spec("endoscapes").eval_cases(root, "test")
+
+def test_sample_rewrite_leaves_no_stale_frames_and_checks_its_arguments(tmp_path):
+    root = write_endoscapes_sample(tmp_path / "e", videos=(2, 1, 1), n_frames=3, every=2, size=(16, 16))
+    write_endoscapes_sample(root, videos=(1, 1, 1), n_frames=2, every=1, size=(16, 16))
+    assert len(EndoscapesFrames(root, "train")) == 2 and sorted(p.name for p in (root / "val_seg").iterdir()) == ["2_100.jpg", "2_125.jpg"]
+    for bad in (dict(every=0), dict(videos=(1, 1)), dict(size=16), dict(n_frames=0)):
+        with pytest.raises(DataError, match="the EndoScapes sample needs"): write_endoscapes_sample(tmp_path / "bad", **bad)
+
+def test_bench_refuses_set_for_what_has_its_own_option(endo_root, tmp_path, capsys):
+    args = ["acdc", "--dataset", "endoscapes", "--root", str(endo_root), "--preset", "smoke", "--set", "dataset=mosxav",
+            "--out", str(tmp_path / "b")]
+    assert bench_main(args) == 2 and "--set dataset: use --dataset" in capsys.readouterr().err
