@@ -105,36 +105,37 @@ def _call_in_library(name: str, kwargs: dict):
     notebook's)."""
     return getattr(importlib.import_module("diffseg_edu.bench"), name)(**kwargs)
 
+# %% ../nbs/07_benchmark.ipynb #speedrow
+def _speed_row(args: dict, isolate: bool) -> dict:
+    "`speed_one(**args)`, in a fresh spawned process when `isolate` (so the peak memory is this method's alone)."
+    if not isolate: return speed_one(**args)
+    import multiprocessing as mp
+    with mp.get_context("spawn").Pool(1) as pool: return pool.apply(_call_in_library, ("speed_one", args))
+
 # %% ../nbs/07_benchmark.ipynb #57811575s1
 def speed_benchmark(methods: Sequence = METHODS, img_size: int = 128, batch_size: int = 6, labeled_bs: int = 3,
-                    n_iters: int = 10,
-                    warmup: int = 3, device: str = "cpu", amp: str = None, channels_last: bool = False,
-                    root: str = None,
-                    isolate: bool = True, progress: bool = True, fast: bool = False) -> dict:
+                    n_iters: int = 10, warmup: int = 3, device: str = "cpu", amp: str = None,
+                    channels_last: bool = False, root: str = None, isolate: bool = True, progress: bool = True,
+                    fast: bool = False) -> dict:
     """Rows of `speed_one` for the floor and each of `methods`, with `ratio` = median time / the floor's median time (of
     the same mode). `fast=True` adds a fast row after each row (the same method, `diffseg-train --fast`), with
     `vs_fp32` = its median / the row before's."""
     kw = dict(img_size=img_size, batch_size=batch_size, labeled_bs=labeled_bs, n_iters=n_iters, warmup=warmup,
-              device=device, amp=amp,
-              channels_last=channels_last, root=root)
+              device=device, amp=amp, channels_last=channels_last, root=root)
     rows, t0 = [], time.perf_counter()
     # fail before any work
     for method in ("floor", *methods):
         speed_config(method, **{k: v for k, v in kw.items() if k not in ("n_iters", "warmup")})
     for method in ("floor", *[m for m in methods if m != "floor"]):
         for mode in (False, True) if fast else (False,):
-            args = {"method": method, **kw, "fast": mode}
-            if isolate:
-                import multiprocessing as mp
-                with mp.get_context("spawn").Pool(1) as pool: row = pool.apply(_call_in_library, ("speed_one", args))
-            else: row = speed_one(**args)
+            row = _speed_row({"method": method, **kw, "fast": mode}, isolate)
             if mode: row["vs_fp32"] = row["median_s"] / rows[-1]["median_s"]
             rows.append(row)
             if progress: print(f"{method} ({row['mode']}): {row['median_s']:.3f} s/iteration", file=sys.stderr)
     floors = {r["mode"]: r["median_s"] for r in rows if r["method"] == "floor"}
     for r in rows: r["ratio"] = r["median_s"] / floors[r["mode"]]
-    return {"what": "speed", "settings": {**kw, "isolate": isolate, "methods": list(methods), "fast": fast},
-            "machine": machine_description(),
+    settings = {**kw, "isolate": isolate, "methods": list(methods), "fast": fast}
+    return {"what": "speed", "settings": settings, "machine": machine_description(),
             "device_name": str(pick_device(device)), "wall_s": time.perf_counter() - t0, "rows": rows}
 
 # %% ../nbs/07_benchmark.ipynb #bc99b6f1
@@ -220,6 +221,14 @@ def summarise_runs(records: list) -> list:
                         "wall_s": float(np.mean([r["wall_s"] for r in rs if r["wall_s"] is not None] or [np.nan]))})
     return out
 
+# %% ../nbs/07_benchmark.ipynb #reportrun
+def _report_run(r: dict):
+    """One line on stderr per finished run of a benchmark: its Dice per split, whether trained, resumed or reused,
+    minutes."""
+    dices = ", ".join(f"{k} Dice {v['dice']:.4f}" for k, v in r["splits"].items())
+    minutes = f", {r['wall_s'] / 60:.1f} min" if r["wall_s"] else ""
+    print(f"{r['method']} seed {r['seed']}: {dices} ({r['status']}{minutes})", file=sys.stderr)
+
 # %% ../nbs/07_benchmark.ipynb #6e9db59ds2
 def acdc_benchmark(root, labeled_patients: int = 3, methods: Sequence = METHODS, seeds: Sequence = (1337,),
                    out=None, preset: str = "cpu", progress: bool = False, dataset: str = "acdc", **overrides) -> dict:
@@ -235,21 +244,15 @@ def acdc_benchmark(root, labeled_patients: int = 3, methods: Sequence = METHODS,
         name = run_name(cfg.method, labeled_patients, cfg.seed)
         records.append(train_or_reuse(cfg, runs_dir / name, progress))
         # the best U-Net of every run, as diffseg-eval reads it
-        (Path(out) / "checkpoints").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(runs_dir / name / "best.pt", Path(out) / "checkpoints" / f"{name}.pt")
-        r = records[-1]
-        dices = ", ".join(f"{k} Dice {v['dice']:.4f}" for k, v in r["splits"].items())
-        print(f"{r['method']} seed {r['seed']}: {dices} ({r['status']}"
-              + (f", {r['wall_s'] / 60:.1f} min" if r["wall_s"] else "") + ")", file=sys.stderr)
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(runs_dir / name / "best.pt", out / "checkpoints" / f"{name}.pt")
+        _report_run(records[-1])
     c = cfgs[0]
-    return {"what": "acdc",
-            "settings": {"dataset": dataset, "preset": preset, "labeled_patients": labeled_patients,
-                         "methods": list(methods), "seeds": list(seeds),
-            "img_size": c.img_size, "iters": c.iters, "optimizer": c.optimizer, "lr": c.lr, **run_schedule(c),
-            "root": str(root),
-            "overrides": overrides,
-            "config": {k: v for k, v in asdict(c).items() if k not in ("method", "seed", "root", "labeled_patients")}},
-            "machine": machine_description(), "wall_s": time.perf_counter() - t0,
+    config = {k: v for k, v in asdict(c).items() if k not in ("method", "seed", "root", "labeled_patients")}
+    settings = {"dataset": dataset, "preset": preset, "labeled_patients": labeled_patients, "methods": list(methods),
+                "seeds": list(seeds), "img_size": c.img_size, "iters": c.iters, "optimizer": c.optimizer, "lr": c.lr,
+                **run_schedule(c), "root": str(root), "overrides": overrides, "config": config}
+    return {"what": "acdc", "settings": settings, "machine": machine_description(), "wall_s": time.perf_counter() - t0,
             "records": records, "summary": summarise_runs(records)}
 
 # %% ../nbs/07_benchmark.ipynb #ea032f2d
@@ -335,6 +338,26 @@ DEMO_VARIANTS = {"preset": [], "official_augment": ["augment={}"],   # name -> `
                  # DiffRect alone, for a preset that adds the prototype term
                  "without_prototypes": ["method=diffrect"]}
 
+# %% ../nbs/07_benchmark.ipynb #demorun
+def _demo_run(preset: str, variant: str, seed: int, folder: Path) -> dict:
+    """One `diffseg-train --preset P --seed S` of `variant` in a child process, timed; its record (Dice when it
+    finished)."""
+    if folder.exists(): shutil.rmtree(folder)
+    cmd = [sys.executable, "-m", "diffseg_edu.train", "--preset", preset, "--seed", seed, "--out", folder, "--quiet"]
+    for item in DEMO_VARIANTS[variant]: cmd += ["--set", item]
+    r = run_command(cmd)
+    rec = {"variant": variant, "seed": seed, "run": str(folder), "rc": r["rc"], "wall_s": r["wall_s"],
+           "peak_rss_mb": r["peak_rss_mb"]}
+    if r["rc"] == 0:
+        m = json.loads((folder / "metrics.json").read_text())
+        rec.update(best_iteration=m.get("best_iteration"), splits={k: m[k]["mean"] for k in ("val", "test") if k in m})
+    else: rec["error"] = r["output"][-2000:]
+    val = rec.get("splits", {}).get("val", {}).get("dice")
+    outcome = f"val Dice {val:.4f}" if val is not None else "val Dice n/a"
+    if r["rc"] != 0: outcome = f"failed (exit {r['rc']})"
+    print(f"{variant} seed {seed}: {outcome}, {r['wall_s']:.0f} s", file=sys.stderr)
+    return rec
+
 # %% ../nbs/07_benchmark.ipynb #80cc9ffbc
 def demo_benchmark(seeds: Sequence = (0,), preset: str = "demo", out="results/demo", variants: Sequence = ("preset",),
                    overwrite: bool = False) -> dict:
@@ -353,32 +376,11 @@ def demo_benchmark(seeds: Sequence = (0,), preset: str = "demo", out="results/de
     if not base.root and DATASETS[base.dataset].default_root is not None:
         DATASETS[base.dataset].default_root()
         phantom_s = time.perf_counter() - t0
-    records = []
-    for variant, seed, folder in jobs:
-        if folder.exists(): shutil.rmtree(folder)
-        cmd = [sys.executable, "-m", "diffseg_edu.train", "--preset", preset, "--seed", seed, "--out", folder,
-               "--quiet"]
-        for item in DEMO_VARIANTS[variant]: cmd += ["--set", item]
-        r = run_command(cmd)
-        rec = {"variant": variant, "seed": seed, "run": str(folder), "rc": r["rc"], "wall_s": r["wall_s"],
-               "peak_rss_mb": r["peak_rss_mb"]}
-        if r["rc"] == 0:
-            m = json.loads((folder / "metrics.json").read_text())
-            rec.update(best_iteration=m.get("best_iteration"),
-                       splits={k: m[k]["mean"] for k in ("val", "test") if k in m})
-        else: rec["error"] = r["output"][-2000:]
-        records.append(rec)
-        val = rec.get("splits", {}).get("val", {}).get("dice")
-        outcome = f"val Dice {val:.4f}" if val is not None else "val Dice n/a"
-        if r["rc"] != 0: outcome = f"failed (exit {r['rc']})"
-        print(f"{variant} seed {seed}: {outcome}"
-              + f", {r['wall_s']:.0f} s", file=sys.stderr)
-    return {"what": "demo",
-            "settings": {"preset": preset, "seeds": list(seeds), "variants": {v: DEMO_VARIANTS[v] for v in variants},
-            "config": {k: v for k, v in asdict(base).items() if k not in ("root", "seed")}, "goals": goals},
-            "machine": machine_description(), "phantom_s": phantom_s, "wall_s": time.perf_counter() - t0,
-            "records": records,
-            "summary": summarise_demo(records, goals)}
+    records = [_demo_run(preset, variant, seed, folder) for variant, seed, folder in jobs]
+    settings = {"preset": preset, "seeds": list(seeds), "variants": {v: DEMO_VARIANTS[v] for v in variants},
+                "config": {k: v for k, v in asdict(base).items() if k not in ("root", "seed")}, "goals": goals}
+    return {"what": "demo", "settings": settings, "machine": machine_description(), "phantom_s": phantom_s,
+            "wall_s": time.perf_counter() - t0, "records": records, "summary": summarise_demo(records, goals)}
 
 # %% ../nbs/07_benchmark.ipynb #80cc9ffbs1
 def summarise_demo(records: list, goals: dict = DEMO_GOALS["demo"]) -> list:
