@@ -398,17 +398,17 @@ def eval_parser() -> argparse.ArgumentParser:
                                 description="Evaluate a segmentation checkpoint with the paper protocol (or time "
                                             "evaluation with --bench).")
     p.add_argument("--ckpt", help="checkpoint (.pt) written by diffseg-train or save_checkpoint; optional with --bench")
-    p.add_argument("--dataset", choices=sorted(N_CLASSES), default="synthetic")
+    p.add_argument("--dataset", choices=sorted(N_CLASSES), default="synthetic", help="the data set (default synthetic)")
     p.add_argument("--root", help="data set root (synthetic, xa-synthetic: default the cached phantom)")
     p.add_argument("--split", default="val",
                    help="any split with a <split>.list in the root (frame data sets: train/val/test)")
     p.add_argument("--out", help="write the results as JSON")
     p.add_argument("--img-size", type=int, help="network input size (default: the checkpoint's img_size, else 256)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: CUDA when present)")
     p.add_argument("--policy", choices=POLICIES,
                    help="empty-mask policy (default: the data set's: paper for volumes, nan for frames)")
-    p.add_argument("--amp", choices=["bf16", "fp16"])
+    p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast inference to bfloat16 or float16")
     p.add_argument("--bench", action="store_true", help="time volume inference and the metrics instead of evaluating")
     p.add_argument("--n-cases", type=positive_int, default=4, help="volumes timed by --bench")
     p.add_argument("--no-fast", dest="fast", action="store_false",

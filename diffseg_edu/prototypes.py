@@ -451,15 +451,20 @@ def add_noise_command(sub) -> argparse.ArgumentParser:
     n = sub.add_parser("noise",
                        help="robustness of the rectifier to pseudo-label noise, with and without the prototype term")
     d = NoiseStudyConfig()
-    n.add_argument("--dataset", default=d.dataset, choices=sorted(DATASETS))
+    n.add_argument("--dataset", default=d.dataset, choices=sorted(DATASETS), help=f"the data set (default {d.dataset})")
     n.add_argument("--root", help="data folder (default: the data set's phantom in the data cache)")
     n.add_argument("--out", default="results/noise", help="output folder for noise.json, noise.md, noise.png")
-    n.add_argument("--levels", type=float, nargs="+", default=list(d.levels))
-    n.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
-    for name in ("steps", "img_size", "batch_size", "n_eval", "workers"):
-        n.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    n.add_argument("--lr", type=float, default=d.lr)
-    n.add_argument("--beta", type=float, default=d.beta)
+    n.add_argument("--levels", type=float, nargs="+", default=list(d.levels), help="noise levels in [0, 1]")
+    n.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds),
+                   help="seeds: one paired run per level and seed")
+    what = {"steps": "training steps of each rectifier", "img_size": "square input size",
+            "batch_size": "images per step",
+            "n_eval": "held-out slices or frames scored", "workers": "runs at a time (processes)"}
+    for name, text in what.items():
+        n.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name),
+                       help=f"{text} (default {getattr(d, name)})")
+    n.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
+    n.add_argument("--beta", type=float, default=d.beta, help=f"weight β of the prototype term (default {d.beta})")
     return n
 
 # %% ../nbs/05_prototypes.ipynb #0739e3abs1
