@@ -5,20 +5,21 @@
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'ACDC_CLASSES', 'LUMA', 'MOSXAV_CLASSES', 'MOSXAV_COLOURS', 'ENDOSCAPES_CLASSES', 'ENDOSCAPES_ALIASES',
            'ENDOSCAPES_SPLITS', 'ENDOSCAPES_COLOURS', 'REGISTRY', 'COMPLETE', 'FRAME_READERS', 'DATASETS',
-           'DiffsegError', 'DataError', 'read_h5', 'read_list', 'H5Cases', 'H5Slices', 'H5Volumes', 'PhantomPatient',
-           'draw_patient', 'phantom_label', 'phantom_image', 'phantom_volume', 'FolderBusy', 'folder_lock',
-           'write_once', 'write_synthetic', 'label_palette', 'overlay', 'show_overlays', 'patient_of', 'split_by_group',
-           'patients_to_slices', 'TwoStreamBatchSampler', 'zoom_nearest', 'AugmentConfig', 'sample_augment_params',
-           'rotate_nearest', 'smooth3x3', 'enhance', 'gaussian_blur', 'WeakStrongAugment', 'channels_first',
-           'SemiSupervisedSlices', 'train_loader', 'sequence_of', 'read_mosxav_mask', 'mosxav_sequences', 'read_grey',
-           'MOSXAVFrames', 'write_mosxav_sample', 'class_key', 'check_label_map', 'read_rgb', 'read_endoscapes_mask',
-           'read_video_list', 'EndoscapesFrames', 'endoscapes_scene', 'write_endoscapes_sample', 'XASequence',
-           'draw_xa_sequence', 'xa_frame', 'write_xa_synthetic', 'SequenceVolumes', 'Source', 'data_cache', 'sha256sum',
-           'fetch_file', 'finish_unpacked', 'download', 'class_stats', 'widgets_live', 'browse_volumes',
-           'default_synthetic_root', 'default_xa_root', 'AnnotatedFrames', 'DatasetSpec', 'dataset_spec', 'open_cases',
-           'dataset_info', 'benchmark_augment', 'benchmark_loader', 'os_message', 'guard_command', 'sha256_hex',
-           'positive_int', 'device_of', 'output_file', 'add_info_and_synthetic', 'add_preview_and_download',
-           'add_data_bench', 'data_parser', 'main', 'machine_description']
+           'DiffsegError', 'DataError', 'read_h5', 'read_list', 'h5_image_shape', 'H5Cases', 'H5Slices', 'H5Volumes',
+           'PhantomPatient', 'draw_patient', 'phantom_label', 'phantom_image', 'phantom_volume', 'FolderBusy',
+           'folder_lock', 'write_once', 'write_synthetic', 'label_palette', 'overlay', 'show_overlays', 'patient_of',
+           'split_by_group', 'patients_to_slices', 'TwoStreamBatchSampler', 'zoom_nearest', 'AugmentConfig',
+           'sample_augment_params', 'rotate_nearest', 'smooth3x3', 'enhance', 'gaussian_blur', 'WeakStrongAugment',
+           'channels_first', 'SemiSupervisedSlices', 'train_loader', 'sequence_of', 'read_mosxav_mask',
+           'mosxav_sequences', 'read_grey', 'MOSXAVFrames', 'write_mosxav_sample', 'class_key', 'check_label_map',
+           'read_rgb', 'read_endoscapes_mask', 'read_video_list', 'EndoscapesFrames', 'endoscapes_scene',
+           'write_endoscapes_sample', 'XASequence', 'draw_xa_sequence', 'xa_frame', 'write_xa_synthetic',
+           'SequenceVolumes', 'Source', 'data_cache', 'sha256sum', 'fetch_file', 'finish_unpacked', 'download',
+           'class_stats', 'widgets_live', 'browse_volumes', 'default_synthetic_root', 'default_xa_root',
+           'AnnotatedFrames', 'DatasetSpec', 'dataset_spec', 'open_cases', 'dataset_info', 'benchmark_augment',
+           'benchmark_loader', 'os_message', 'guard_command', 'sha256_hex', 'positive_int', 'device_of', 'output_file',
+           'add_info_and_synthetic', 'add_preview_and_download', 'add_data_bench', 'data_parser', 'main',
+           'machine_description']
 
 # %% ../nbs/00_data.ipynb #a2dd4d7d
 import argparse, contextlib, hashlib, json, os, platform, re, shutil, sys, tarfile, time, zipfile
@@ -116,6 +117,22 @@ def read_list(root, split: str) -> list:
         seen.add(n)
     return names
 
+# %% ../nbs/00_data.ipynb #h5shape
+def h5_image_shape(path, ndim: int) -> tuple:
+    """Shape of the `image` of an h5 file from its header, without reading pixels; checked like `read_h5` checks the
+    pixels."""
+    try:
+        with h5py.File(path, "r") as f:
+            image = f["image"]
+            if not isinstance(image, h5py.Dataset): raise DataError(f"{path}: 'image' is an HDF5 group, not a dataset")
+            shape, dtype = tuple(image.shape), image.dtype
+    except (OSError, KeyError) as e:
+        raise DataError(f"{path}: cannot read the image shape: {e}") from None
+    if dtype.kind not in "biuf": raise DataError(f"{path}: 'image' holds {dtype} values, expected numbers")
+    if len(shape) != ndim: raise DataError(f"{path}: 'image' has shape {shape}, expected a {ndim}-D array")
+    if 0 in shape: raise DataError(f"{path}: 'image' is empty (shape {shape})")
+    return shape
+
 # %% ../nbs/00_data.ipynb #77e6d454
 class H5Cases(Dataset):
     """Cases of an SSL4MIS root named by `<root>/<split>.list`, stored as `<root>/<subdir>/<name>.h5` with `ndim`-D
@@ -136,20 +153,8 @@ class H5Cases(Dataset):
         return {**out, "name": self.names[i]}
     def __getitem__(self, i: int) -> dict: return self.read(i)
     def shape(self, i: int) -> tuple:
-        "Image shape of case `i` from the h5 header, without reading pixels; checked like `read_h5` checks the pixels."
-        try:
-            with h5py.File(self.paths[i], "r") as f:
-                image = f["image"]
-                if not isinstance(image, h5py.Dataset):
-                    raise DataError(f"{self.paths[i]}: 'image' is an HDF5 group, not a dataset")
-                shape, dtype = tuple(image.shape), image.dtype
-        except (OSError, KeyError) as e:
-            raise DataError(f"{self.paths[i]}: cannot read the image shape: {e}") from None
-        if dtype.kind not in "biuf": raise DataError(f"{self.paths[i]}: 'image' holds {dtype} values, expected numbers")
-        if len(shape) != self.ndim:
-            raise DataError(f"{self.paths[i]}: 'image' has shape {shape}, expected a {self.ndim}-D array")
-        if 0 in shape: raise DataError(f"{self.paths[i]}: 'image' is empty (shape {shape})")
-        return shape
+        "Image shape of case `i` from the h5 header, without reading pixels (`h5_image_shape`)."
+        return h5_image_shape(self.paths[i], self.ndim)
 
 # %% ../nbs/00_data.ipynb #77e6d454s1
 def H5Slices(root, split: str = "train_slices", n_classes: int = 4) -> H5Cases:

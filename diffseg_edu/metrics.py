@@ -156,6 +156,21 @@ def input_channels(model: nn.Module) -> int:
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     return 1 if conv is None else conv.in_channels
 
+# %% ../nbs/02_metrics.ipynb #asslices
+def _as_slices(image, C: int) -> tuple:
+    """`(slices (D, C, H, W), whether the input was one image)` of an image or volume for a model with `C` input
+    channels."""
+    x = torch.as_tensor(np.asarray(image), dtype=torch.float32)
+    if x.ndim < 2: raise MetricError(f"expected an image or a volume, got shape {tuple(x.shape)}")
+    single = x.ndim == (2 if C == 1 else 3)
+    x = x[None] if single else x
+    x = x[:, None] if C == 1 else x
+    if x.ndim != 4 or x.shape[1] != C:
+        want = "(H, W) or a volume (D, H, W)" if C == 1 else f"({C}, H, W) or a volume (D, {C}, H, W)"
+        raise MetricError(f"expected an image {want} for a model with {C} input channel(s), got shape "
+                          f"{tuple(np.shape(image))}")
+    return x, single
+
 # %% ../nbs/02_metrics.ipynb #55666286s1
 @torch.inference_mode()
 def predict_volume(model: nn.Module, image, patch_size: tuple = (256, 256), batch_size: int = 8,
@@ -163,15 +178,7 @@ def predict_volume(model: nn.Module, image, patch_size: tuple = (256, 256), batc
     """Argmax class map (uint8) of a `(D, H, W)` volume or `(H, W)` image (colour models: `(D, C, H, W)` or `(C, H,
     W)`): nearest resize of every slice to `patch_size`, batched forward passes of `batch_size` slices on the model's
     device, nearest resize back."""
-    C, x = input_channels(model), torch.as_tensor(np.asarray(image), dtype=torch.float32)
-    if x.ndim < 2: raise MetricError(f"expected an image or a volume, got shape {tuple(x.shape)}")
-    squeeze = x.ndim == (2 if C == 1 else 3)
-    x = x[None] if squeeze else x
-    x = x[:, None] if C == 1 else x
-    if x.ndim != 4 or x.shape[1] != C:
-        want = "(H, W) or a volume (D, H, W)" if C == 1 else f"({C}, H, W) or a volume (D, {C}, H, W)"
-        raise MetricError(f"expected an image {want} for a model with {C} input channel(s), got shape "
-                          f"{tuple(np.shape(image))}")
+    x, squeeze = _as_slices(image, input_channels(model))
     param = next(model.parameters())
     channels_last = any(p.ndim == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
                         for p in model.parameters())
