@@ -10,7 +10,7 @@ __all__ = ['IGNORE_INDEX', 'ACDC_CLASSES', 'LUMA', 'MOSXAV_CLASSES', 'MOSXAV_COL
            'folder_lock', 'write_once', 'write_synthetic', 'label_palette', 'overlay', 'show_overlays', 'patient_of',
            'split_by_group', 'patients_to_slices', 'TwoStreamBatchSampler', 'zoom_nearest', 'AugmentConfig',
            'sample_augment_params', 'rotate_nearest', 'smooth3x3', 'enhance', 'gaussian_blur', 'WeakStrongAugment',
-           'channels_first', 'SemiSupervisedSlices', 'train_loader', 'sequence_of', 'read_mosxav_mask',
+           'channels_first', 'SemiSupervisedSlices', 'train_loader', 'FrameReader', 'sequence_of', 'read_mosxav_mask',
            'mosxav_sequences', 'read_grey', 'MOSXAVFrames', 'write_mosxav_sample', 'class_key', 'check_label_map',
            'read_rgb', 'read_endoscapes_mask', 'read_video_list', 'EndoscapesFrames', 'endoscapes_scene',
            'write_endoscapes_sample', 'XASequence', 'draw_xa_sequence', 'xa_frame', 'write_xa_synthetic',
@@ -616,6 +616,26 @@ def train_loader(cases, labeled_idx: Sequence, unlabeled_idx: Sequence, batch_si
     return DataLoader(SemiSupervisedSlices(cases, labeled_idx, patch_size), batch_sampler=sampler,
                       num_workers=num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
 
+# %% ../nbs/00_data.ipynb #framerd1
+class FrameReader(Dataset):
+    """Frames named `sequence/frame` with their mask files (None where unannotated); subclasses read one image and one
+    mask."""
+    def set_frames(self, paths: list, names: list, masks: list):
+        "The frames' files, names and candidate mask files (a mask that does not exist marks an unannotated frame)."
+        self.paths, self.names = list(paths), list(names)
+        self.masks = [m if m.is_file() else None for m in masks]
+        self.has_label = [m is not None for m in self.masks]
+    def __len__(self): return len(self.names)
+    def read(self, i: int, with_label: bool = True) -> dict:
+        "Frame `i` as `{image in [0, 1], label, name}`; asking for the label of an unannotated frame is an error."
+        image = self.read_image(self.paths[i])
+        out = {"image": image, "name": self.names[i]}
+        if with_label:
+            if self.masks[i] is None: raise DataError(f"{self.paths[i]}: frame {self.names[i]} has no annotation")
+            out["label"] = self.read_mask(self.masks[i], image.shape[-2:])
+        return out
+    def __getitem__(self, i: int) -> dict: return self.read(i, with_label=self.has_label[i])
+
 # %% ../nbs/00_data.ipynb #b0126cb3
 MOSXAV_CLASSES = ("background", "vessel", "contrast catheter", "catheter", "balloon")
 MOSXAV_COLOURS = {(0, 0, 0): 0, (85, 170, 255): 1, (170, 255, 0): 2, (249, 193, 0): 3, (255, 0, 0): 4,
@@ -686,30 +706,18 @@ def read_grey(path) -> np.ndarray:
     return (pixels if pixels.ndim == 2 else pixels[..., 0]).astype(np.float32) / 255
 
 # %% ../nbs/00_data.ipynb #27886c0ds1
-class MOSXAVFrames(Dataset):
-    "Frames of the MOSXAV sequences listed in `ImageSets/<split>.txt` (`train`, `val`: trainval; `test`: test)."
+class MOSXAVFrames(FrameReader):
+    """Frames of the MOSXAV sequences listed in `ImageSets/<split>.txt` (`train`, `val`: trainval; `test`: test); `(H,
+    W)`."""
     def __init__(self, root, split: str = "train", n_classes: int = 5):
         self.root, self.split, self.n_classes = Path(root), split, n_classes
         base = self.root / ("test" if split == "test" else "trainval")
         listing, seqs = base / "ImageSets" / f"{split}.txt", mosxav_sequences(self.root, split)
-        self.paths = [f for seq in seqs for f in _sequence_frames(base, seq, listing)]
-        self.names = [f"{f.parent.name}/{f.stem}" for f in self.paths]
-        masks = [base / "Annotations_Semantic" / f.parent.name / f"{f.stem}.png" for f in self.paths]
-        self.masks = [m if m.is_file() else None for m in masks]
-        self.has_label = [m is not None for m in self.masks]
-
-    def __len__(self): return len(self.names)
-    def read(self, i: int, with_label: bool = True) -> dict:
-        """Frame `i` as `{image (H, W) in [0, 1], label, name}`; asking for the label of an unannotated frame is an
-        error."""
-        image = read_grey(self.paths[i])
-        out = {"image": image, "name": self.names[i]}
-        if with_label:
-            if self.masks[i] is None:
-                raise DataError(f"{self.paths[i]}: frame {self.names[i]} has no annotation")
-            out["label"] = read_mosxav_mask(self.masks[i], self.n_classes, image.shape)
-        return out
-    def __getitem__(self, i: int) -> dict: return self.read(i, with_label=self.has_label[i])
+        paths = [f for seq in seqs for f in _sequence_frames(base, seq, listing)]
+        self.set_frames(paths, [f"{f.parent.name}/{f.stem}" for f in paths],
+                        [base / "Annotations_Semantic" / f.parent.name / f"{f.stem}.png" for f in paths])
+    def read_image(self, path) -> np.ndarray: return read_grey(path)
+    def read_mask(self, path, shape: tuple) -> np.ndarray: return read_mosxav_mask(path, self.n_classes, shape)
 
 # %% ../nbs/00_data.ipynb #a1afb95f
 def write_mosxav_sample(dest, n_train: int = 3, n_val: int = 1, n_test: int = 1, n_frames: int = 10,
@@ -858,7 +866,7 @@ def _check_orphans(root: Path, folder: Path, paths: list):
                         f"{folder / (orphans[0].stem + '.jpg')}")
 
 # %% ../nbs/00_data.ipynb #endo3code
-class EndoscapesFrames(Dataset):
+class EndoscapesFrames(FrameReader):
     """Frames of EndoScapes2023's `<split>_seg/` folder (`train`, `val`, `test`): every JPEG, the unannotated 1-fps
     frames included; a frame is annotated where `semseg/<video>_<frame>.png` exists. Images are `(3, H, W)`."""
     def __init__(self, root, split: str = "train", n_classes: int = 7):
@@ -868,26 +876,15 @@ class EndoscapesFrames(Dataset):
             raise DataError(f"{folder}: no such EndoScapes split folder (expected <root>/{{train,val,test}}_seg/)")
         for m in (self.root / "seg_label_map.txt", self.root / "semseg" / "seg_label_map.txt"):
             if m.is_file(): check_label_map(m, ENDOSCAPES_CLASSES)
-        self.paths = sorted(folder.glob("*.jpg"), key=lambda p: tuple(map(int, _frame_name(p).split("/"))))
-        if not self.paths: raise DataError(f"{folder}: no frames (<video>_<frame>.jpg)")
-        self.names = [_frame_name(p) for p in self.paths]
-        _check_videos(self.root, split, {int(sequence_of(n)) for n in self.names})
-        masks = [self.root / "semseg" / f"{p.stem}.png" for p in self.paths]
-        self.masks = [m if m.is_file() else None for m in masks]
-        self.has_label = [m is not None for m in self.masks]
+        named = sorted(((_frame_name(p),
+                         p) for p in folder.glob("*.jpg")), key=lambda t: tuple(map(int, t[0].split("/"))))
+        if not named: raise DataError(f"{folder}: no frames (<video>_<frame>.jpg)")
+        names, paths = [n for n, _ in named], [p for _, p in named]
+        _check_videos(self.root, split, {int(sequence_of(n)) for n in names})
+        self.set_frames(paths, names, [self.root / "semseg" / f"{p.stem}.png" for p in paths])
         _check_orphans(self.root, folder, self.paths)
-
-    def __len__(self): return len(self.names)
-    def read(self, i: int, with_label: bool = True) -> dict:
-        """Frame `i` as `{image (3, H, W) in [0, 1], label, name}`; asking for the label of an unannotated frame is an
-        error."""
-        image = read_rgb(self.paths[i])
-        out = {"image": image, "name": self.names[i]}
-        if with_label:
-            if self.masks[i] is None: raise DataError(f"{self.paths[i]}: frame {self.names[i]} has no annotation")
-            out["label"] = read_endoscapes_mask(self.masks[i], self.n_classes, image.shape[1:])
-        return out
-    def __getitem__(self, i: int) -> dict: return self.read(i, with_label=self.has_label[i])
+    def read_image(self, path) -> np.ndarray: return read_rgb(path)
+    def read_mask(self, path, shape: tuple) -> np.ndarray: return read_endoscapes_mask(path, self.n_classes, shape)
 
 # %% ../nbs/00_data.ipynb #endo4code
 ENDOSCAPES_COLOURS = np.array([[150, 60, 55], [225, 200, 110], [200, 130, 120], [190, 30, 35], [235, 225, 200],
