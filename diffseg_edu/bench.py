@@ -13,7 +13,7 @@ __all__ = ['SPEED_ROWS', 'SPLITS', 'PUBLISHED', 'DEMO_GOALS', 'DEMO_VARIANTS', '
 import argparse, importlib, json, os, shutil, subprocess, sys, time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -65,11 +65,22 @@ def speed_config(method: str, img_size: int = 128, batch_size: int = 6, labeled_
                                     channels_last=channels_last,
                                     device=device, seed=seed, refine_start=0, fast=fast))
 
+# %% ../nbs/07_benchmark.ipynb #speedfloor
+def _floor_step(seg, opt, batch: dict, dev: torch.device, amp: str) -> Callable:
+    "The cheapest iteration a method could have: one supervised step of `seg` on the labelled rows of `batch`."
+    L = batch["labeled_mask"].bool()
+    def floor(k):
+        with amp_context(dev, amp):
+            loss = supervised_loss(seg(batch["image_weak"])[L], batch["label"][L], seg.n_classes)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return floor
+
 # %% ../nbs/07_benchmark.ipynb #93e9ffbes1
 def speed_one(method: str, img_size: int = 128, batch_size: int = 6, labeled_bs: int = 3, n_iters: int = 10,
-              warmup: int = 3,
-              device: str = "cpu", amp: str = None, channels_last: bool = False, root: str = None, seed: int = 0,
-              fast: bool = False) -> dict:
+              warmup: int = 3, device: str = "cpu", amp: str = None, channels_last: bool = False, root: str = None,
+              seed: int = 0, fast: bool = False) -> dict:
     """Time one training iteration of `method` (or `'floor'`) on one real batch, as `diffseg-train` runs it; seconds,
     images/s and peak memory."""
     cfg = speed_config(method, img_size, batch_size, labeled_bs, device, amp, channels_last, root, seed, fast)
@@ -80,14 +91,8 @@ def speed_one(method: str, img_size: int = 128, batch_size: int = 6, labeled_bs:
     batch = TrainData(cfg).batch(0, dev, cfg.channels_last)
     for m in (models["seg"], models["refine"]):
         if m is not None: m.train()
-    seg, opt, L = models["seg"], models["opt_seg"], batch["labeled_mask"].bool()
-    def floor(k):
-        with amp_context(dev, cfg.amp):
-            loss = supervised_loss(seg(batch["image_weak"])[L], batch["label"][L], seg.n_classes)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    step = floor if method == "floor" else (lambda k: train_step(cfg, models, batch, 10_000 + k, dev))
+    if method == "floor": step = _floor_step(models["seg"], models["opt_seg"], batch, dev, cfg.amp)
+    else: step = lambda k: train_step(cfg, models, batch, 10_000 + k, dev)
     if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
     ts = time_iterations(step, n_iters, warmup, dev)
     images = labeled_bs if method == "supervised" else batch_size

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from fastcore.basics import patch
+
 import h5py
 import numpy as np
 import torch
@@ -429,23 +431,31 @@ class TwoStreamBatchSampler(Sampler):
             self._perms[key] = np.random.default_rng([self.seed, stream, k]).permutation(n)
         return self._perms[key]
 
-    def batch(self, b: int) -> list:
-        "Indices of global batch `b` (epoch `b // len(self)`)."
-        epoch, j = divmod(b, len(self))
-        lab = self._perm(0, epoch, len(self.labeled_idx))[j * self.labeled_bs:(j + 1) * self.labeled_bs]
-        start, n_u = b * self.unlabeled_bs, len(self.unlabeled_idx)
-        unl = [self._perm(1, k // n_u, n_u)[k % n_u] for k in range(start, start + self.unlabeled_bs)]
-        return [self.labeled_idx[i] for i in lab] + [self.unlabeled_idx[i] for i in unl]
+# %% ../nbs/00_data.ipynb #sampbatch
+@patch
+def batch(self: TwoStreamBatchSampler, b: int) -> list:
+    """Indices of global batch `b` (epoch `b // len(self)`): a slice of the epoch's labelled permutation, then the next
+    `unlabeled_bs` places of an endless stream of unlabelled permutations."""
+    epoch, j = divmod(b, len(self))
+    lab = self._perm(0, epoch, len(self.labeled_idx))[j * self.labeled_bs:(j + 1) * self.labeled_bs]
+    start, n_u = b * self.unlabeled_bs, len(self.unlabeled_idx)
+    unl = [self._perm(1, k // n_u, n_u)[k % n_u] for k in range(start, start + self.unlabeled_bs)]
+    return [self.labeled_idx[i] for i in lab] + [self.unlabeled_idx[i] for i in unl]
 
-    def set_iteration(self, b: int):
-        "Continue from global batch `b` (used when resuming)."
-        self.iteration = b
+# %% ../nbs/00_data.ipynb #sampsetit
+@patch
+def set_iteration(self: TwoStreamBatchSampler, b: int):
+    "Continue from global batch `b` (used when resuming)."
+    self.iteration = b
 
-    def __iter__(self):
-        end = (self.iteration // len(self) + 1) * len(self)  # the rest of the current epoch
-        for b in range(self.iteration, end):
-            yield self.batch(b)
-        self.iteration = end
+# %% ../nbs/00_data.ipynb #sampiter
+@patch
+def __iter__(self: TwoStreamBatchSampler):
+    "The batches from `self.iteration` to the end of its epoch; a `DataLoader` asks again for the next epoch."
+    end = (self.iteration // len(self) + 1) * len(self)  # the rest of the current epoch
+    for b in range(self.iteration, end):
+        yield self.batch(b)
+    self.iteration = end
 
 # %% ../nbs/00_data.ipynb #53683840
 def _nearest_index(n: int, o: int, device=None) -> torch.Tensor:
@@ -719,14 +729,38 @@ class MOSXAVFrames(FrameReader):
     def read_image(self, path) -> np.ndarray: return read_grey(path)
     def read_mask(self, path, shape: tuple) -> np.ndarray: return read_mosxav_mask(path, self.n_classes, shape)
 
+# %% ../nbs/00_data.ipynb #mxsample1
+def _sample_angiogram(size: int, t: int, test: bool, rng: np.random.Generator) -> tuple:
+    "`(image (H, W) uint8, label)` of frame `t` of the MOSXAV sample: a moving vessel, the catheter, 'Others' (test)."
+    yy, xx = np.mgrid[0:size, 0:size]
+    label = np.zeros((size, size), np.uint8)
+    label[np.abs(yy - (size / 2 + size / 4 * np.sin(xx / size * 6 + t / 3))) < 2] = 1  # a vessel
+    label[np.abs(xx - size // 5) < 2] = 2                                               # the catheter
+    if test: label[:4, :4] = 5                                                           # "Others"
+    image = np.clip(0.8 - 0.5 * (label > 0) + rng.normal(0, 0.05, label.shape), 0, 1)
+    return (image * 255).astype(np.uint8), label
+
+# %% ../nbs/00_data.ipynb #mxsample2
+def _write_sample_sequence(base: Path, seq: str, test: bool, n_frames: int, size: int, every: int, rgb_masks: bool,
+                           rng: np.random.Generator):
+    "Frames and masks of sample sequence `seq` under `base` (annotated every `every` frames; in test all of them)."
+    from PIL import Image
+    colours = {c: k for k, c in MOSXAV_COLOURS.items()}
+    palette = np.array([colours[v] for v in range(6)], np.uint8)
+    for d in ("JPEGImages", "Annotations_Semantic"): (base / d / seq).mkdir(parents=True, exist_ok=True)
+    for t in range(n_frames):
+        image, label = _sample_angiogram(size, t, test, rng)
+        Image.fromarray(image).save(base / "JPEGImages" / seq / f"{t:05d}.jpg")
+        if test or t % every == 0:
+            mask = Image.fromarray(palette[label] if rgb_masks else label)
+            mask.save(base / "Annotations_Semantic" / seq / f"{t:05d}.png")
+
 # %% ../nbs/00_data.ipynb #a1afb95f
 def write_mosxav_sample(dest, n_train: int = 3, n_val: int = 1, n_test: int = 1, n_frames: int = 10,
                         size: int = 64, every: int = 5, rgb_masks: bool = False, seed: int = 0) -> Path:
     "A small MOSXAV-layout tree of synthetic angiograms (annotated every `every` frames; test fully, with class 5)."
-    from PIL import Image
     rng, dest = np.random.default_rng(seed), Path(dest)
     with folder_lock(dest, "the MOSXAV sample generator"):
-        colours = {c: k for k, c in MOSXAV_COLOURS.items()}
         seq_id = 0
         for subset, splits in (("trainval", {"train": n_train, "val": n_val}), ("test", {"test": n_test})):
             base = dest / subset
@@ -736,20 +770,7 @@ def write_mosxav_sample(dest, n_train: int = 3, n_val: int = 1, n_test: int = 1,
                 seq_id += n
                 (base / "ImageSets" / f"{split}.txt").write_text("\n".join(names) + "\n")
                 for seq in names:
-                    for d in ("JPEGImages", "Annotations_Semantic"): (base / d / seq).mkdir(parents=True, exist_ok=True)
-                    yy, xx = np.mgrid[0:size, 0:size]
-                    for t in range(n_frames):
-                        label = np.zeros((size, size), np.uint8)
-                        label[np.abs(yy - (size / 2 + size / 4 * np.sin(xx / size * 6 + t / 3))) < 2] = 1  # a vessel
-                        # the catheter
-                        label[np.abs(xx - size // 5) < 2] = 2
-                        if subset == "test": label[:4, :4] = 5                                             # "Others"
-                        image = np.clip(0.8 - 0.5 * (label > 0) + rng.normal(0, 0.05, label.shape), 0, 1)
-                        Image.fromarray((image * 255).astype(np.uint8)).save(base / "JPEGImages" / seq / f"{t:05d}.jpg")
-                        if subset == "test" or t % every == 0:
-                            mask = Image.fromarray(np.array([colours[v] for v in range(6)],
-                                                            np.uint8)[label]) if rgb_masks else Image.fromarray(label)
-                            mask.save(base / "Annotations_Semantic" / seq / f"{t:05d}.png")
+                    _write_sample_sequence(base, seq, subset == "test", n_frames, size, every, rgb_masks, rng)
     return dest
 
 # %% ../nbs/00_data.ipynb #endo0code
@@ -976,15 +997,13 @@ def _curve(a, m, b, n: int) -> np.ndarray:
     t = np.linspace(0, 1, n)[:, None]
     return (1 - t) ** 2 * a + 2 * (1 - t) * t * m + t ** 2 * b
 
-# %% ../nbs/00_data.ipynb #xa0draw
-def draw_xa_sequence(rng: np.random.Generator, size: int = 128) -> XASequence:
-    """Random vessel tree, devices, motion and background of one sequence; every length scales with `size` (designed at
-    128)."""
+# %% ../nbs/00_data.ipynb #xa0tree
+def _xa_tree(rng: np.random.Generator, ostium: np.ndarray, size: int) -> tuple:
+    """`(tree, radii, arc)`: a main vessel from `ostium`, then 3–5 branches off it or off a branch; `arc` is each
+    point's distance along the tree from the ostium, scaled to [0, 1]."""
     s, U = size / 128, lambda lo, hi: rng.uniform(lo, hi)
-    ostium = np.array([U(0.12, 0.3), U(0.25, 0.55)]) * size
     main = _walk(rng, ostium, U(0.8, 1.4), int(120 * s), 0.04)
     tree, radii, arc = [main], [np.linspace(3.2, 1.6, len(main)) * s], [np.linspace(0, 1, len(main))]
-    # branches, off the main vessel or off a branch
     for _ in range(rng.integers(3, 6)):
         parent = int(rng.integers(0, len(tree)))
         n = len(tree[parent])
@@ -997,6 +1016,13 @@ def draw_xa_sequence(rng: np.random.Generator, size: int = 128) -> XASequence:
         radii.append(np.linspace(r0, max(0.9 * s, 0.5 * r0), len(branch)))
         arc.append(arc[parent][at] + np.linspace(0, 0.6, len(branch)))
     top = max(float(a.max()) for a in arc)
+    return tree, radii, [a / top for a in arc]
+
+# %% ../nbs/00_data.ipynb #xa0dev
+def _xa_devices(rng: np.random.Generator, tree: list, ostium: np.ndarray, size: int) -> tuple:
+    """`(guide, wire, balloon, other)`: the guiding catheter to `ostium`, a guide wire (80 %), a balloon `(vessel,
+    start, end)` on the tree (75 %) and another device (50 %); a device that is absent is None."""
+    s, U = size / 128, lambda lo, hi: rng.uniform(lo, hi)
     entry = np.array([1.05, U(0.5, 0.9)]) * size
     guide = _curve(entry, (entry + ostium) / 2 + rng.normal(0, 0.12 * size, 2), ostium, 2 * size)
     def crossing(a, b): return _curve(a, (a + b) / 2 + rng.normal(0, 0.2 * size, 2), b, 2 * size)
@@ -1009,10 +1035,27 @@ def draw_xa_sequence(rng: np.random.Generator, size: int = 128) -> XASequence:
         balloon = (v, i, min(n - 1, i + int(U(8, 14) * s)))
     other = crossing(np.array([U(0, 1), -0.05]) * size,
                      np.array([U(0, 1), 1.05]) * size) if rng.random() < 0.5 else None
+    return guide, wire, balloon, other
+
+# %% ../nbs/00_data.ipynb #xa0bg
+def _xa_background(rng: np.random.Generator, size: int) -> tuple:
+    "`(anatomy, ribs)`: a smooth soft-tissue texture in [0.5, 1] and 3–5 ribs `(offset, slope, curvature)`."
+    U = lambda lo, hi: rng.uniform(lo, hi)
     anatomy = ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), 0.12 * size)
     anatomy = 0.5 + 0.5 * (anatomy - anatomy.min()) / (np.ptp(anatomy) + 1e-8)
     ribs = [(U(-0.2, 1.0) * size, U(-0.4, 0.4), U(-1, 1) / size) for _ in range(rng.integers(3, 6))]
-    return XASequence(size, tree, radii, [a / top for a in arc], guide, wire, balloon, other,
+    return anatomy, ribs
+
+# %% ../nbs/00_data.ipynb #xa0draw
+def draw_xa_sequence(rng: np.random.Generator, size: int = 128) -> XASequence:
+    """Random vessel tree, devices, motion and background of one sequence; every length scales with `size` (designed at
+    128)."""
+    U = lambda lo, hi: rng.uniform(lo, hi)
+    ostium = np.array([U(0.12, 0.3), U(0.25, 0.55)]) * size
+    tree, radii, arc = _xa_tree(rng, ostium, size)
+    guide, wire, balloon, other = _xa_devices(rng, tree, ostium, size)
+    anatomy, ribs = _xa_background(rng, size)
+    return XASequence(size, tree, radii, arc, guide, wire, balloon, other,
                       ostium + rng.normal(0, 0.1 * size, 2), U(0, 2 * np.pi), U(7, 11), anatomy, ribs)
 
 # %% ../nbs/00_data.ipynb #xa0frame
@@ -1029,11 +1072,11 @@ def _tube(size: int, pts: np.ndarray, radius) -> tuple:
     nearest = idx[ny, nx]
     return dist <= np.broadcast_to(np.asarray(radius, float), (len(pts),))[nearest], nearest
 
-# %% ../nbs/00_data.ipynb #xa0frames1
-def xa_frame(seq: XASequence, t: int, n_frames: int, rng: np.random.Generator) -> tuple:
-    """`(image (H, W) in [0, 1], label (H, W), others mask)` of frame `t`; the 'Others' device is labelled only by the
-    caller (test)."""
-    size, s = seq.size, seq.size / 128
+# %% ../nbs/00_data.ipynb #xa0motion
+def _xa_motion(seq: XASequence, t: int, n_frames: int) -> tuple:
+    """`(heart, shift, front, fade)` at frame `t`: the heart's contraction (a map of points), the breathing shift, how
+    far along the tree the contrast has arrived and how much of it is left."""
+    size = seq.size
     beat = np.sin(2 * np.pi * t / seq.period + seq.phase)
     shift = np.array([np.sin(2 * np.pi * t / (3.7 * seq.period)), 0.3]) * 0.02 * size        # breathing
     # the heart contracts about its centre
@@ -1041,6 +1084,13 @@ def xa_frame(seq: XASequence, t: int, n_frames: int, rng: np.random.Generator) -
     # contrast arrives along the tree…
     front = min(1.0, 1.6 * t / max(1, n_frames - 1) + 0.15)
     fade = float(np.clip(1.6 - 1.4 * t / max(1, n_frames - 1), 0, 1))                       # …and washes out late
+    return heart, shift, front, fade
+
+# %% ../nbs/00_data.ipynb #xa0labels
+def _xa_labels(seq: XASequence, heart: Callable, shift: np.ndarray, front: float, fade: float) -> tuple:
+    """`(label, layers)` of one frame: the class map and the boolean or float layers `vessel`, `guide`, `wire`,
+    `balloon`, `other` that attenuate the X-rays."""
+    size, s = seq.size, seq.size / 128
     label, vessel = np.zeros((size, size), np.uint8), np.zeros((size, size))
     for pts, r, arrival in zip(seq.tree, seq.radii, seq.arc):
         mask, nearest = _tube(size, heart(pts), r)
@@ -1059,19 +1109,33 @@ def xa_frame(seq: XASequence, t: int, n_frames: int, rng: np.random.Generator) -
         balloon = _tube(size, heart(seq.tree[v][i:j + 1]), seq.radii[v][i] + 1.5 * s)[0]
         label[balloon] = 4
     other = _tube(size, seq.other + shift, 1.0 * s)[0] if seq.other is not None else none
+    return label, {"vessel": vessel, "guide": guide, "wire": wire, "balloon": balloon, "other": other}
+
+# %% ../nbs/00_data.ipynb #xa0image
+def _xa_image(seq: XASequence, shift: np.ndarray, layers: dict, rng: np.random.Generator) -> np.ndarray:
+    "The X-ray image in [0, 1] of one frame: attenuation by anatomy, ribs, diaphragm and `layers`, then photon noise."
+    size = seq.size
     yy, xx = np.mgrid[0:size, 0:size]
     ribs = sum(np.exp(-((yy - (off + shift[0] + slope * xx + curv * (xx - size / 2) ** 2)) / (0.035 * size)) ** 2)
                for off, slope, curv in seq.ribs)
     edge = 0.85 * size + 2 * shift[0] + 0.1 * size * np.cos(3 * xx / size)           # the diaphragm's dome
     diaphragm = 1 / (1 + np.exp(-(yy - edge) / (0.02 * size)))
-    mu = (0.25 * seq.anatomy + 0.12 * ribs + 0.25 * diaphragm + 0.55 * ndimage.gaussian_filter(vessel, 0.6)
-          + 0.45 * ndimage.gaussian_filter(guide * 1.0, 0.5) + 0.35 * ndimage.gaussian_filter(wire * 1.0, 0.5)
-          + 0.5 * balloon + 0.3 * other)
+    blur = lambda name, sigma: ndimage.gaussian_filter(layers[name] * 1.0, sigma)
+    mu = (0.25 * seq.anatomy + 0.12 * ribs + 0.25 * diaphragm + 0.55 * blur("vessel", 0.6)
+          + 0.45 * blur("guide", 0.5) + 0.35 * blur("wire", 0.5) + 0.5 * layers["balloon"] + 0.3 * layers["other"])
     vignette = 1 - 0.35 * ((yy - size / 2) ** 2 + (xx - size / 2) ** 2) / (size / 2) ** 2
     # Beer–Lambert, then photon noise
     counts = rng.poisson(np.exp(-1.4 * mu) * vignette * 400) / 400
     image = np.clip(counts / max(1e-6, float(np.percentile(counts, 99.5))), 0, 1)
-    return image.astype(np.float32), label, other & (label == 0)
+    return image.astype(np.float32)
+
+# %% ../nbs/00_data.ipynb #xa0frames1
+def xa_frame(seq: XASequence, t: int, n_frames: int, rng: np.random.Generator) -> tuple:
+    """`(image (H, W) in [0, 1], label (H, W), others mask)` of frame `t`; the 'Others' device is labelled only by the
+    caller (test)."""
+    heart, shift, front, fade = _xa_motion(seq, t, n_frames)
+    label, layers = _xa_labels(seq, heart, shift, front, fade)
+    return _xa_image(seq, shift, layers, rng), label, layers["other"] & (label == 0)
 
 # %% ../nbs/00_data.ipynb #xa0write
 def write_xa_synthetic(dest, n_train: int = 8, n_val: int = 2, n_test: int = 2, n_frames: int = 20, size: int = 128,
@@ -1228,6 +1292,26 @@ def finish_unpacked(tmp: Path, dest: Path, layout: str) -> Path:
     (dest / COMPLETE).write_text(json.dumps({"layout": layout, "time": time.strftime("%Y-%m-%d %H:%M:%S")}))
     return dest
 
+# %% ../nbs/00_data.ipynb #dlarchive
+def _fetch_archive(name: str, src, url: str, sha256: str, tmp: Path, quiet: bool):
+    "Download the archive at `url` to the download cache (verified when its digest is known) and unpack it into `tmp`."
+    archive = fetch_file(url, data_cache() / "downloads" / f"{name}-{hashlib.sha1(url.encode()).hexdigest()[:10]}",
+                         sha256=sha256 or (src.sha256 if url == src.url else None),
+                         size=src.size if url == src.url else None, quiet=quiet)
+    _safe_extract(archive, tmp)
+
+# %% ../nbs/00_data.ipynb #dldrive
+def _fetch_drive_folder(name: str, src, tmp: Path, quiet: bool):
+    "Download Google Drive folder `src.folder_id` to the download cache (resumable) and copy it into `tmp`."
+    import gdown
+    try:
+        gdown.download_folder(id=src.folder_id, output=str(data_cache() / "downloads" / name), quiet=quiet,
+                              resume=True)
+    except Exception as e:
+        raise DataError(f"{name}: download of Drive folder {src.folder_id} failed ({type(e).__name__}: {e}); "
+                        f"the next call resumes. Other sources: {src.note}") from None
+    shutil.copytree(data_cache() / "downloads" / name, tmp, dirs_exist_ok=True)
+
 # %% ../nbs/00_data.ipynb #66f0e538
 def download(name: str, dest=None, url: str = None, sha256: str = None, quiet: bool = True) -> Path:
     "Download and unpack data set `name` (see `REGISTRY`) to `dest` (default `data_cache()/name`); returns its root."
@@ -1246,19 +1330,9 @@ def download(name: str, dest=None, url: str = None, sha256: str = None, quiet: b
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     if url is not None:
-        archive = fetch_file(url, data_cache() / "downloads" / f"{name}-{hashlib.sha1(url.encode()).hexdigest()[:10]}",
-                             sha256=sha256 or (src.sha256 if url == src.url else None),
-                             size=src.size if url == src.url else None, quiet=quiet)
-        _safe_extract(archive, tmp)
+        _fetch_archive(name, src, url, sha256, tmp, quiet)
     else:
-        import gdown
-        try:
-            gdown.download_folder(id=src.folder_id, output=str(data_cache() / "downloads" / name), quiet=quiet,
-                                  resume=True)
-        except Exception as e:
-            raise DataError(f"{name}: download of Drive folder {src.folder_id} failed ({type(e).__name__}: {e}); "
-                            f"the next call resumes. Other sources: {src.note}") from None
-        shutil.copytree(data_cache() / "downloads" / name, tmp, dirs_exist_ok=True)
+        _fetch_drive_folder(name, src, tmp, quiet)
     return finish_unpacked(tmp, dest, src.layout)
 
 # %% ../nbs/00_data.ipynb #6181fbd0
@@ -1286,15 +1360,10 @@ def widgets_live() -> bool:
     except Exception:
         return False
 
-# %% ../nbs/00_data.ipynb #2d40459ds1
-def browse_volumes(volumes, n_classes: int = 4, static: bool = None):
-    "Case/slice sliders over `volumes` with ipywidgets; a static grid of middle slices when widgets are unavailable."
+# %% ../nbs/00_data.ipynb #browsesl
+def _volume_sliders(volumes, n_classes: int):
+    "Show a case slider and a slice slider over `volumes`, with the overlay of the chosen slice (one volume cached)."
     import matplotlib.pyplot as plt
-    if static if static is not None else not widgets_live():
-        picks = [volumes.read(i) for i in range(min(4, len(volumes)))]
-        return show_overlays([p["image"][len(p["image"]) // 2] for p in picks],
-                             [p["label"][len(p["label"]) // 2] for p in picks],
-                             n_classes, titles=[p["name"] for p in picks])
     import ipywidgets as widgets
     from IPython.display import display
     case = widgets.IntSlider(0, 0, len(volumes) - 1, description="case")
@@ -1317,6 +1386,16 @@ def browse_volumes(volumes, n_classes: int = 4, static: bool = None):
     depth.observe(draw, "value")
     draw()
     display(widgets.VBox([case, depth, out]))
+
+# %% ../nbs/00_data.ipynb #2d40459ds1
+def browse_volumes(volumes, n_classes: int = 4, static: bool = None):
+    "Case/slice sliders over `volumes` with ipywidgets; a static grid of middle slices when widgets are unavailable."
+    if static if static is not None else not widgets_live():
+        picks = [volumes.read(i) for i in range(min(4, len(volumes)))]
+        return show_overlays([p["image"][len(p["image"]) // 2] for p in picks],
+                             [p["label"][len(p["label"]) // 2] for p in picks],
+                             n_classes, titles=[p["name"] for p in picks])
+    _volume_sliders(volumes, n_classes)
 
 # %% ../nbs/00_data.ipynb #4f8ef79b
 def default_synthetic_root() -> Path:
@@ -1364,27 +1443,44 @@ class DatasetSpec:
         if root: return Path(root)
         if self.default_root is None: raise DataError(f"{name} needs --root (its folder)")
         return self.default_root()
-    def frames(self, root, split: str):
-        "The frames of `split` (`train`, `val`, `test`) of a frame data set."
-        return FRAME_READERS[self.layout](root, split, self.n_classes)
-    def train_cases(self, root):
-        return H5Slices(root) if self.layout == "ssl4mis" else self.frames(root, "train")
-    def labelled_split(self, cases, n_labeled: int) -> tuple:
-        """`(labelled, unlabelled)` rows: the first `n_labeled` patients (ssl4mis) or sequences/videos (frames: their
-        annotated frames only)."""
-        if self.layout == "ssl4mis": return split_by_group(cases.names, n_labeled)
-        return split_by_group(cases.names, n_labeled, sequence_of, cases.has_label)
-    def has_split(self, root, split: str) -> bool:
-        root = Path(root)
-        if self.layout == "ssl4mis": return (root / f"{split}.list").is_file()
-        if self.layout == "endoscapes": return (root / f"{split}_seg").is_dir()
-        return (root / ("test" if split == "test" else "trainval") / "ImageSets" / f"{split}.txt").is_file()
-    def eval_cases(self, root, split: str):
-        "The labelled cases of `split`: volumes (read on access), or every annotated frame of the split's sequences."
-        if self.layout == "ssl4mis": return H5Volumes(root, split, self.n_classes)
-        frames = self.frames(root, split)
-        if not any(frames.has_label): raise DataError(f"{root}: split {split!r} has no annotated frames")
-        return AnnotatedFrames(frames)
+
+# %% ../nbs/00_data.ipynb #regframes
+@patch
+def frames(self: DatasetSpec, root, split: str):
+    "The frames of `split` (`train`, `val`, `test`) of a frame data set."
+    return FRAME_READERS[self.layout](root, split, self.n_classes)
+
+# %% ../nbs/00_data.ipynb #regtrain
+@patch
+def train_cases(self: DatasetSpec, root):
+    "The cases to train on: the h5 slices (ssl4mis) or every frame of the train split (labelled or not)."
+    return H5Slices(root) if self.layout == "ssl4mis" else self.frames(root, "train")
+
+# %% ../nbs/00_data.ipynb #regsplit
+@patch
+def labelled_split(self: DatasetSpec, cases, n_labeled: int) -> tuple:
+    """`(labelled, unlabelled)` rows: the first `n_labeled` patients (ssl4mis) or sequences/videos (frames: their
+    annotated frames only)."""
+    if self.layout == "ssl4mis": return split_by_group(cases.names, n_labeled)
+    return split_by_group(cases.names, n_labeled, sequence_of, cases.has_label)
+
+# %% ../nbs/00_data.ipynb #reghas
+@patch
+def has_split(self: DatasetSpec, root, split: str) -> bool:
+    "Whether `root` has split `split` (`train`, `val`, `test`) in this layout."
+    root = Path(root)
+    if self.layout == "ssl4mis": return (root / f"{split}.list").is_file()
+    if self.layout == "endoscapes": return (root / f"{split}_seg").is_dir()
+    return (root / ("test" if split == "test" else "trainval") / "ImageSets" / f"{split}.txt").is_file()
+
+# %% ../nbs/00_data.ipynb #regeval
+@patch
+def eval_cases(self: DatasetSpec, root, split: str):
+    "The labelled cases of `split`: volumes (read on access), or every annotated frame of the split's sequences."
+    if self.layout == "ssl4mis": return H5Volumes(root, split, self.n_classes)
+    frames = self.frames(root, split)
+    if not any(frames.has_label): raise DataError(f"{root}: split {split!r} has no annotated frames")
+    return AnnotatedFrames(frames)
 
 # %% ../nbs/00_data.ipynb #reg1codes1
 DATASETS = {"acdc": DatasetSpec(ACDC_CLASSES, "ssl4mis"),

@@ -13,6 +13,8 @@ __all__ = ['OFFICIAL_PALETTES', 'GUIDANCE_SCALE', 'OFFICIAL_ALPHA_BAR', 'farthes
 from dataclasses import dataclass, asdict
 from typing import Sequence
 
+from fastcore.basics import patch
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -267,30 +269,33 @@ class RefineNet(nn.Module):
         self.register_buffer("palette", semantic_palette(cfg.n_classes, cfg.palette), persistent=False)
         self.scheduler = train_scheduler(cfg.T)
         self.sampler, self.sample_map = sample_scheduler(self.scheduler, cfg.sample_steps, cfg.clamp_sample)
-    def forward(self, labels: torch.Tensor, image: torch.Tensor, guidance: torch.Tensor, good: torch.Tensor = None,
-                generator: torch.Generator = None, features: bool = False):
-        """Training (`good` labels given): `(latent MSE, logits, {'z0', 'z0_hat'})`. Sampling (`good=None`): logits.
-        `labels`, `good`: class maps `(B, H, W)`; `image`: `(B, img_channels, H, W)`; `guidance`: `(B,)` values t =
-        999·τ. `features=True` adds the decoder's last feature map of x̂₀ (`'dec_hat'`) and, without gradient, of z₀
-        (`'dec0'`)."""
-        emb, img_feats, feats = _context(self, labels, image, guidance)
-        if good is None:
-            z0_hat = _ddim_sample(self, feats[-1], generator)
-            return self.decoder(feats[:-1] + [z0_hat], emb)
-        # z₀ = E(y_good, x): the latent of the target label
-        with torch.no_grad():
-            z0 = _encode(self, good, image, emb, img_feats)[-1]
-        step = torch.randint(0, self.cfg.T, (len(z0),), generator=generator).to(z0.device)          # s ~ U{0, …, T − 1}
-        # ε ~ N(0, I)
-        noise = torch.randn(z0.shape, generator=generator).to(z0) if generator is not None else torch.randn_like(z0)
-        # forward process z_s = √ᾱ_s z₀ + √(1 − ᾱ_s) ε, then x̂₀ prediction ẑ₀ = D(z_s, s, c) with c the noisy label's
-        # latent
-        z0_hat = self.denoiser(self.scheduler.add_noise(z0, noise, step), step, feats[-1])
-        lat_loss = F.mse_loss(z0_hat.float(), z0.float())              # L_lat = ‖ẑ₀ − z₀‖²
-        if not features: return lat_loss, self.decoder(feats[:-1] + [z0_hat], emb), {"z0": z0, "z0_hat": z0_hat}
-        logits, dec_hat = self.decoder(feats[:-1] + [z0_hat], emb, return_features=True)
-        with torch.no_grad(): dec0 = self.decoder(feats[:-1] + [z0], emb, return_features=True)[1]
-        return lat_loss, logits, {"z0": z0, "z0_hat": z0_hat, "dec_hat": dec_hat, "dec0": dec0}
+
+# %% ../nbs/04_label_diffusion.ipynb #refinefwd
+@patch
+def forward(self: RefineNet, labels: torch.Tensor, image: torch.Tensor, guidance: torch.Tensor,
+            good: torch.Tensor = None, generator: torch.Generator = None, features: bool = False):
+    """Training (`good` labels given): `(latent MSE, logits, {'z0', 'z0_hat'})`. Sampling (`good=None`): logits.
+    `labels`, `good`: class maps `(B, H, W)`; `image`: `(B, img_channels, H, W)`; `guidance`: `(B,)` values t =
+    999·τ. `features=True` adds the decoder's last feature map of x̂₀ (`'dec_hat'`) and, without gradient, of z₀
+    (`'dec0'`)."""
+    emb, img_feats, feats = _context(self, labels, image, guidance)
+    if good is None:
+        z0_hat = _ddim_sample(self, feats[-1], generator)
+        return self.decoder(feats[:-1] + [z0_hat], emb)
+    # z₀ = E(y_good, x): the latent of the target label
+    with torch.no_grad():
+        z0 = _encode(self, good, image, emb, img_feats)[-1]
+    step = torch.randint(0, self.cfg.T, (len(z0),), generator=generator).to(z0.device)          # s ~ U{0, …, T − 1}
+    # ε ~ N(0, I)
+    noise = torch.randn(z0.shape, generator=generator).to(z0) if generator is not None else torch.randn_like(z0)
+    # forward process z_s = √ᾱ_s z₀ + √(1 − ᾱ_s) ε, then x̂₀ prediction ẑ₀ = D(z_s, s, c) with c the noisy label's
+    # latent
+    z0_hat = self.denoiser(self.scheduler.add_noise(z0, noise, step), step, feats[-1])
+    lat_loss = F.mse_loss(z0_hat.float(), z0.float())              # L_lat = ‖ẑ₀ − z₀‖²
+    if not features: return lat_loss, self.decoder(feats[:-1] + [z0_hat], emb), {"z0": z0, "z0_hat": z0_hat}
+    logits, dec_hat = self.decoder(feats[:-1] + [z0_hat], emb, return_features=True)
+    with torch.no_grad(): dec0 = self.decoder(feats[:-1] + [z0], emb, return_features=True)[1]
+    return lat_loss, logits, {"z0": z0, "z0_hat": z0_hat, "dec_hat": dec_hat, "dec0": dec0}
 
 # %% ../nbs/04_label_diffusion.ipynb #cce40ed8
 def latent_pca(z: torch.Tensor, k: int = 3, reference: torch.Tensor = None) -> torch.Tensor:
@@ -413,6 +418,42 @@ def optimiser_step(opt):
     opt.step()
     torch.clear_autocast_cache()
 
+# %% ../nbs/04_label_diffusion.ipynb #itersegstep
+def _segmenter_step(seg: nn.Module, opt_seg, x_w: torch.Tensor, x_s: torch.Tensor, y: torch.Tensor,
+                    labeled: torch.Tensor, lam: float, uncertain: str) -> dict:
+    "One step of the segmenter on `segmentation_losses` of its weak and strong predictions; returns those losses."
+    s = segmentation_losses(seg(x_w), seg(x_s), y, labeled, lam, uncertain)
+    opt_seg.zero_grad(set_to_none=True)
+    s["loss"].backward()
+    optimiser_step(opt_seg)
+    return s
+
+# %% ../nbs/04_label_diffusion.ipynb #iterhook
+def _hook_loss(stage: dict):
+    "The extra rectifier term a hook added to `stage` (0 without a hook)."
+    return stage["hook"]["loss"] if stage["hook"] is not None else 0.0
+
+# %% ../nbs/04_label_diffusion.ipynb #itervals
+def _iteration_values(s: dict, b1: dict, b2: dict, lam: float) -> dict:
+    "The loss values of one iteration as floats: segmentation, both rectifier stages, λ, and every hook term by stage."
+    out = {"seg": s["loss"].item(), "sup": s["sup"].item(), "b1": b1["loss"].item(), "b2": b2["loss"].item(),
+           "lat_b1": b1["lat_loss"].item(), "lat_b2": b2["lat_loss"].item(), "weight": lam}
+    for name, st in (("b1", b1), ("b2", b2)):
+        if st["hook"] is not None:
+            out.update({f"{k}_{name}": float(torch.as_tensor(v).detach()) for k, v in st["hook"].items()})
+    return out
+
+# %% ../nbs/04_label_diffusion.ipynb #iterrect
+def _rectified_update(seg: nn.Module, opt_seg, x_w: torch.Tensor, pl_rect: torch.Tensor, labeled: torch.Tensor,
+                      n_classes: int, rect_weight: float) -> float:
+    """One step of the segmenter on the rectified pseudo labels `pl_rect` of the unlabelled rows:
+    L_rect = CE + Dice of `seg(x_w)` against them, times `rect_weight`; returns L_rect."""
+    rect = ce_dice(seg(x_w)[~labeled], pl_rect[~labeled], n_classes)
+    opt_seg.zero_grad(set_to_none=True)
+    (rect_weight * rect).backward()
+    optimiser_step(opt_seg)
+    return rect.item()
+
 # %% ../nbs/04_label_diffusion.ipynb #370dd48as1
 def diffrect_iteration(seg: nn.Module, refine: RefineNet, opt_seg, opt_refine, batch: dict, iteration: int,
                        refine_start: int = 1000, guidance: str = "official", rectify_train_mode: bool = True,
@@ -424,31 +465,20 @@ def diffrect_iteration(seg: nn.Module, refine: RefineNet, opt_seg, opt_refine, b
     `rect_weight`: the factor of L_rect (official: 1)."""
     x_w, x_s, y, L = batch["image_weak"], batch["image_strong"], batch["label"], batch["labeled_mask"].bool()
     lam = consistency_weight(iteration) if weight is None else weight
-    s = segmentation_losses(seg(x_w), seg(x_s), y, L, lam, uncertain)
-    opt_seg.zero_grad(set_to_none=True)
-    s["loss"].backward()
-    optimiser_step(opt_seg)
+    s = _segmenter_step(seg, opt_seg, x_w, x_s, y, L, lam, uncertain)
     opt_refine.zero_grad(set_to_none=True)        # refine loss L_b1 + λ·L_b2, back-propagated stage by stage:
     b1 = stage_weak_to_gt(refine, x_w, s["pl_w"], s["pl_s"], y, L, guidance, uncertain, hook, s["confident_w"],
                           iteration)
-    extra = lambda st: st["hook"]["loss"] if st["hook"] is not None else 0.0
-    (b1["loss"] + extra(b1)).backward()           # b2 needs nothing from b1's graph, so free it before b2 is built
+    (b1["loss"] + _hook_loss(b1)).backward()      # b2 needs nothing from b1's graph, so free it before b2 is built
     b2 = stage_strong_to_weak(refine, x_s, s["pl_s"], s["pl_w"], b1, L, guidance, hook=hook, confident=s["confident_w"],
                               iteration=iteration)
-    (lam * b2["loss"] + extra(b2)).backward()
+    (lam * b2["loss"] + _hook_loss(b2)).backward()
     optimiser_step(opt_refine)
-    out = {"seg": s["loss"].item(), "sup": s["sup"].item(), "b1": b1["loss"].item(), "b2": b2["loss"].item(),
-           "lat_b1": b1["lat_loss"].item(), "lat_b2": b2["lat_loss"].item(), "weight": lam}
-    for name, st in (("b1", b1), ("b2", b2)):
-        if st["hook"] is not None:
-            out.update({f"{k}_{name}": float(torch.as_tensor(v).detach()) for k, v in st["hook"].items()})
+    out = _iteration_values(s, b1, b2, lam)
     if iteration > refine_start:
         pl_rect = rectify(refine, x_w, s["pl_w"], b1["guidance"], rectify_train_mode, uncertain)
-        rect = ce_dice(seg(x_w)[~L], pl_rect[~L], refine.n_classes)
-        opt_seg.zero_grad(set_to_none=True)
-        (rect_weight * rect).backward()
-        optimiser_step(opt_seg)
-        out.update(rect=rect.item(), rect_weight=rect_weight)
+        rect = _rectified_update(seg, opt_seg, x_w, pl_rect, L, refine.n_classes, rect_weight)
+        out.update(rect=rect, rect_weight=rect_weight)
     return out
 
 # %% ../nbs/04_label_diffusion.ipynb #45830871

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from fastcore.basics import patch
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -220,19 +222,22 @@ class EvaluationViews:
         head = f"{'class':<20}" + "".join(f"{_LABELS[m]:>10}" for m in self.metrics)
         rows = [line(c, [pc[m][k] for m in self.metrics]) for k, c in enumerate(self.classes)]
         return "\n".join([head, *rows, line("mean", mean.values())])
-    def to_dict(self) -> dict:
-        "JSON-ready: per-case values, per-class and overall means (NaN → null), left-out counts, timings."
-        case = lambda i: {c: {m: _nan_to_none(float(self.values[i, k, j])) for j, m in enumerate(self.metrics)}
-                          for k, c in enumerate(self.classes)}
-        group = lambda i: {"group": self.groups[i]} if self.groups else {}
-        averaged = "over cases, then classes"
-        if self.groups: averaged = "over sequences (each the mean of its frames), then classes"
-        return {"policy": self.policy, "metrics": list(self.metrics), "classes": list(self.classes),
-                "averaged": averaged,
-                "mean": {m: _nan_to_none(v) for m, v in self.mean().items()},
-                "per_class": {m: dict(zip(self.classes, map(_nan_to_none, v))) for m, v in self.per_class().items()},
-                "n_left_out": self.n_left_out(), "seconds": self.seconds,
-                "per_case": [{"name": n, **group(i), **case(i)} for i, n in enumerate(self.names)]}
+
+# %% ../nbs/02_metrics.ipynb #evaltodict
+@patch
+def to_dict(self: EvaluationViews) -> dict:
+    "JSON-ready: per-case values, per-class and overall means (NaN → null), left-out counts, timings."
+    case = lambda i: {c: {m: _nan_to_none(float(self.values[i, k, j])) for j, m in enumerate(self.metrics)}
+                      for k, c in enumerate(self.classes)}
+    group = lambda i: {"group": self.groups[i]} if self.groups else {}
+    averaged = "over cases, then classes"
+    if self.groups: averaged = "over sequences (each the mean of its frames), then classes"
+    return {"policy": self.policy, "metrics": list(self.metrics), "classes": list(self.classes),
+            "averaged": averaged,
+            "mean": {m: _nan_to_none(v) for m, v in self.mean().items()},
+            "per_class": {m: dict(zip(self.classes, map(_nan_to_none, v))) for m, v in self.per_class().items()},
+            "n_left_out": self.n_left_out(), "seconds": self.seconds,
+            "per_case": [{"name": n, **group(i), **case(i)} for i, n in enumerate(self.names)]}
 
 # %% ../nbs/02_metrics.ipynb #7d1c7df0c
 @dataclass
@@ -259,9 +264,28 @@ class Evaluation(EvaluationViews):
         """`{metric: mean over classes of the per-class means}` (the paper's order); a class never scored (NaN) is left
         out."""
         return {m: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for m, v in self.per_class().items()}
-    def n_left_out(self) -> dict:
-        "`{metric: [cases with a NaN value, per class]}` (always zero under the `paper` policy)."
-        return {m: np.isnan(self.values[:, :, j]).sum(0).tolist() for j, m in enumerate(self.metrics)}
+
+# %% ../nbs/02_metrics.ipynb #evalleft
+@patch
+def n_left_out(self: Evaluation) -> dict:
+    "`{metric: [cases with a NaN value, per class]}` (always zero under the `paper` policy)."
+    return {m: np.isnan(self.values[:, :, j]).sum(0).tolist() for j, m in enumerate(self.metrics)}
+
+# %% ../nbs/02_metrics.ipynb #evalcheck
+def _check_evaluation(model: nn.Module, n_classes: int, policy: str):
+    "A `MetricError` for an unknown empty-mask policy or a model that predicts another number of classes."
+    if policy not in POLICIES: raise MetricError(f"unknown empty-mask policy {policy!r} (choose from {POLICIES})")
+    model_classes = getattr(model, "n_classes", None)
+    if model_classes is not None and model_classes != n_classes:
+        raise MetricError(f"the model predicts {model_classes} classes but the data has {n_classes}")
+
+# %% ../nbs/02_metrics.ipynb #evaltimed
+def _timed_prediction(net: nn.Module, image, patch_size: tuple, batch_size: int, amp: str, device) -> tuple:
+    "`(predicted class map, seconds)` of `predict_volume` (CUDA synchronised before the clock stops)."
+    t0 = time.perf_counter()
+    pred = predict_volume(net, image, patch_size, batch_size, amp)
+    if device.type == "cuda": torch.cuda.synchronize()
+    return pred, time.perf_counter() - t0
 
 # %% ../nbs/02_metrics.ipynb #6e86de26
 def evaluate(model: nn.Module, cases, n_classes: int, patch_size: tuple = (256, 256), batch_size: int = 8,
@@ -271,22 +295,17 @@ def evaluate(model: nn.Module, cases, n_classes: int, patch_size: tuple = (256, 
     """Predict every case of `cases` (items `{image, label, name}`) with `model` and score each foreground class. `fast`
     folds batch norm and uses `channels_last` (same predictions up to rounding); `device` defaults to the model's;
     `group_of(name)` (frames: their sequence) makes the means average each group's cases first."""
-    if policy not in POLICIES: raise MetricError(f"unknown empty-mask policy {policy!r} (choose from {POLICIES})")
-    model_classes = getattr(model, "n_classes", None)
-    if model_classes is not None and model_classes != n_classes:
-        raise MetricError(f"the model predicts {model_classes} classes but the data has {n_classes}")
+    _check_evaluation(model, n_classes, policy)
     device = torch.device(device) if device else next(model.parameters()).device
     net = prepare_for_inference(model, device, channels_last=fast, fuse=fast)
     names, rows, preds, t_pred, t_metric = [], [], {}, 0.0, 0.0
     for i in range(len(cases)):
         case = cases[i]
         if "label" not in case: raise MetricError(f"case {case.get('name', i)!r} has no label to evaluate against")
-        t0 = time.perf_counter()
-        pred = predict_volume(net, case["image"], patch_size, batch_size, amp)
-        if device.type == "cuda": torch.cuda.synchronize()
+        pred, seconds = _timed_prediction(net, case["image"], patch_size, batch_size, amp, device)
         t1 = time.perf_counter()
         rows.append(multiclass_metrics(pred, case["label"], n_classes, spacing, policy, metrics))
-        t_pred, t_metric = t_pred + t1 - t0, t_metric + time.perf_counter() - t1
+        t_pred, t_metric = t_pred + seconds, t_metric + time.perf_counter() - t1
         names.append(case.get("name", str(i)))
         if keep_predictions: preds[names[-1]] = pred
     classes = list(class_names)[1:] if class_names is not None else [f"class {c}" for c in range(1, n_classes)]

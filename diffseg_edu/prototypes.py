@@ -14,6 +14,8 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Sequence
 
+from fastcore.basics import patch
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -160,25 +162,34 @@ class PrototypeContrast(nn.Module):
         if self.cfg.memory == "ema": return self.memory.protos, self.memory.seen
         if self.batch_anchors is None: return self.memory.protos, torch.zeros_like(self.memory.seen)
         return self.batch_anchors
-    @torch.no_grad()
-    def update(self, target: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor):
-        """Anchors from the clean target latent `target` of `rows` under `masks`: memory EMA step and the batch
-        prototypes."""
-        p, mass = masked_average(self.head(target[rows]), masks[rows])
-        present = mass > 0
-        if self.training: self.memory.update(p, present)
-        self.batch_anchors = (F.normalize(p.float(), dim=1), present)
-    def forward(self, stage: str, latents: dict, labels: torch.Tensor, labeled: torch.Tensor, iteration: int = 0):
-        beta = self.weight(iteration)
-        if beta == 0 or (stage == "b2" and iteration <= self.cfg.b2_start): return None
-        pred, target = (latents["dec_hat"], latents["dec0"]) if self.features else (latents["z0_hat"], latents["z0"])
-        q = self.head(pred)                                          # (B, D, h, w), unit vectors
-        masks = soft_masks(labels, self.n_classes, q.shape[-2:])
-        if stage == "b1":
-            self.update(target, masks,
-                        labeled.bool() if self.cfg.sources == "gt" else torch.ones_like(labeled, dtype=torch.bool))
-        nce, cons = prototype_losses(q, masks, *self.anchors(), self.cfg)
-        return {"loss": beta * (nce + cons), "nce": nce.detach(), "cons": cons.detach(), "beta": beta}
+
+# %% ../nbs/05_prototypes.ipynb #protoupdate
+@patch
+@torch.no_grad()
+def update(self: PrototypeContrast, target: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor):
+    """Anchors from the clean target latent `target` of `rows` under `masks`: memory EMA step and the batch
+    prototypes."""
+    p, mass = masked_average(self.head(target[rows]), masks[rows])
+    present = mass > 0
+    if self.training: self.memory.update(p, present)
+    self.batch_anchors = (F.normalize(p.float(), dim=1), present)
+
+# %% ../nbs/05_prototypes.ipynb #protofwd
+@patch
+def forward(self: PrototypeContrast, stage: str, latents: dict, labels: torch.Tensor, labeled: torch.Tensor,
+            iteration: int = 0):
+    """The hook's losses at `stage` ('b1' or 'b2'): β·(InfoNCE + consistency) of the projected x̂₀ features against
+    the anchors, or None while β is 0 (and in stage b2 until `b2_start`); stage b1 first updates the anchors."""
+    beta = self.weight(iteration)
+    if beta == 0 or (stage == "b2" and iteration <= self.cfg.b2_start): return None
+    pred, target = (latents["dec_hat"], latents["dec0"]) if self.features else (latents["z0_hat"], latents["z0"])
+    q = self.head(pred)                                          # (B, D, h, w), unit vectors
+    masks = soft_masks(labels, self.n_classes, q.shape[-2:])
+    if stage == "b1":
+        self.update(target, masks,
+                    labeled.bool() if self.cfg.sources == "gt" else torch.ones_like(labeled, dtype=torch.bool))
+    nce, cons = prototype_losses(q, masks, *self.anchors(), self.cfg)
+    return {"loss": beta * (nce + cons), "nce": nce.detach(), "cons": cons.detach(), "beta": beta}
 
 # %% ../nbs/05_prototypes.ipynb #noise0i
 def _erode_or_dilate(label: torch.Tensor, level: float, r: int, n_classes: int, generator: torch.Generator):
@@ -219,6 +230,17 @@ def label_dice(pred: torch.Tensor, ref: torch.Tensor, n_classes: int) -> float:
               (ref == c).cpu().numpy()) for c in range(1, n_classes) if bool(((pred == c) | (ref == c)).any())]
     return float(np.mean(d)) if d else 1.0
 
+# %% ../nbs/05_prototypes.ipynb #freshrect
+def _fresh_rectifier(img_channels: int, n_classes: int, beta: float, proto_cfg: dict, seed: int, lr: float) -> tuple:
+    """`(refine, hook or None, Adam over both)`: a new `RefineNet` from seed `seed` and, when `beta > 0`, a
+    `PrototypeContrast` (constant β)."""
+    torch.manual_seed(seed)
+    refine = RefineNet(n_classes=n_classes, img_channels=img_channels)
+    hook = PrototypeContrast(n_classes, PrototypeConfig(**{"beta": beta, "rampup": 0, **(proto_cfg or {})}),
+                             seed=seed) if beta > 0 else None
+    opt = torch.optim.Adam([*refine.parameters(), *(hook.parameters() if hook else [])], lr=lr)
+    return refine, hook, opt
+
 # %% ../nbs/05_prototypes.ipynb #4f3c329c
 def train_rectifier(images: torch.Tensor, labels: torch.Tensor, level: float, beta: float, steps: int, seed: int = 0,
                     batch_size: int = 6, lr: float = 1e-3, proto_cfg: dict = None, n_classes: int = 4) -> tuple:
@@ -226,14 +248,9 @@ def train_rectifier(images: torch.Tensor, labels: torch.Tensor, level: float, be
     `(N, S, S)`: half of each batch has ground-truth targets, half has noisy pseudo labels (level `level`) as their
     own targets. `beta > 0` adds `PrototypeContrast` (constant β, `proto_cfg` overrides). Returns `(refine, hook or
     None, per-step losses)`."""
-    torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    refine = RefineNet(n_classes=n_classes, img_channels=images.shape[1])
-    hook = PrototypeContrast(n_classes, PrototypeConfig(**{"beta": beta, "rampup": 0, **(proto_cfg or {})}),
-                             seed=seed) if beta > 0 else None
-    opt = torch.optim.Adam([*refine.parameters(), *(hook.parameters() if hook else [])], lr=lr)
-    L = torch.arange(batch_size) < batch_size // 2
-    history = []
+    refine, hook, opt = _fresh_rectifier(images.shape[1], n_classes, beta, proto_cfg, seed, lr)
+    L, history = torch.arange(batch_size) < batch_size // 2, []   # the first half of each batch is labelled
     for step in range(steps):
         idx = torch.randint(0, len(images), (batch_size,), generator=g)
         x, y = images[idx], labels[idx]
@@ -245,8 +262,8 @@ def train_rectifier(images: torch.Tensor, labels: torch.Tensor, level: float, be
         loss.backward()
         opt.step()
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite rectifier loss at step {step} (level {level}, beta {beta}, seed "
-                                     f"{seed})")
+            raise FloatingPointError(f"non-finite rectifier loss at step {step} (level {level}, beta {beta}, "
+                                     f"seed {seed})")
         history.append({"loss": loss.item(), "lat": b1["lat_loss"].item(),
                         **({"nce": b1["hook"]["nce"].item()} if b1["hook"] else {})})
     return refine, hook, history

@@ -4,13 +4,14 @@
 
 # %% auto #0
 __all__ = ['METHODS', 'SETTING_RULES', 'PRESETS', 'LEGACY', 'UNREAD', 'NUMBER_OPTIONS', 'PYTHON_WORDS', 'ConfigError',
-           'TrainConfig', 'check_settings', 'make_config', 'run_schedule', 'unsup_weight', 'rect_weight',
-           'refine_config', 'augment_config', 'same_config', 'check_config', 'pick_device', 'data_root', 'TrainData',
-           'bf16_native', 'fast_settings', 'build_models', 'learning_rates', 'prepare_run', 'train_step', 'rng_state',
-           'training_state', 'restore_state', 'Collectives', 'Distributed', 'SyncedOptimizer', 'RunLog', 'validate',
-           'resume_checkpoint', 'resume_state', 'hold_folder', 'TrainingRun', 'open_run', 'set_learning_rates',
-           'check_losses', 'validate_and_keep_best', 'log_values', 'save_training_state', 'show_progress', 'finish_run',
-           'train', 'final_metrics', 'plot_curves', 'train_parser', 'parse_sets', 'main']
+           'DataSettings', 'OptimSettings', 'MethodSwitches', 'RunSettings', 'TrainConfig', 'check_settings',
+           'make_config', 'run_schedule', 'unsup_weight', 'rect_weight', 'refine_config', 'augment_config',
+           'same_config', 'check_config', 'pick_device', 'data_root', 'TrainData', 'bf16_native', 'fast_settings',
+           'build_models', 'learning_rates', 'prepare_run', 'train_step', 'rng_state', 'training_state',
+           'restore_state', 'Collectives', 'Distributed', 'SyncedOptimizer', 'RunLog', 'validate', 'resume_checkpoint',
+           'resume_state', 'hold_folder', 'TrainingRun', 'open_run', 'set_learning_rates', 'check_losses',
+           'validate_and_keep_best', 'log_values', 'save_training_state', 'show_progress', 'finish_run', 'train',
+           'final_metrics', 'plot_curves', 'train_parser', 'parse_sets', 'main']
 
 # %% ../nbs/06_training.ipynb #c7867898
 import argparse, contextlib, copy, csv, json, math, shutil, sys, time, warnings
@@ -37,20 +38,29 @@ METHODS = ("supervised", "fixmatch", "diffrect", "diffrect_proto")
 class ConfigError(DiffsegError):
     "A bad training setting, raised before training starts; the message names the value."
 
-# %% ../nbs/06_training.ipynb #67b785c2s1
+# %% ../nbs/06_training.ipynb #cfgdata
 @dataclass
-class TrainConfig:
-    "Everything a run needs; the defaults are the official DiffRect protocol on ACDC (the `paper` preset)."
+class DataSettings:
+    "What a run trains on: the method, the data set, its labelled part and the batches."
     method: str = "diffrect"             # one of METHODS
-    # a name in DATASETS: 'acdc', 'synthetic' (SSL4MIS layout), 'mosxav', 'xa-synthetic' (frames)
+    # a name in DATASETS: 'acdc', 'synthetic' (SSL4MIS layout), 'mosxav', 'xa-synthetic', 'endoscapes' (frames)
     dataset: str = "acdc"
     # data folder; None with a phantom ('synthetic', 'xa-synthetic') = the one in the data cache
     root: str = None
     labeled_patients: int = 3            # the first N patients of train_slices.list are labelled (official split)
     img_size: int = 256
-    iters: int = 30000
     batch_size: int = 6
     labeled_bs: int = 3
+    n_val: int = None                    # validation volumes used for model selection (None = all)
+    # AugmentConfig overrides (notebook 00); empty = the official weak/strong views
+    augment: dict = field(default_factory=dict)
+    num_workers: int = 0
+
+# %% ../nbs/06_training.ipynb #cfgoptim
+@dataclass
+class OptimSettings:
+    "How the run optimises: iterations, optimisers, learning rates, and when the semi-supervised terms act."
+    iters: int = 30000
     optimizer: str = "sgd"               # 'sgd' (official) or 'adam'
     lr: float = 0.01
     refine_lr: float = 0.01
@@ -67,24 +77,36 @@ class TrainConfig:
     # switch: the rectified-label loss ramps up with λ/λ_max (official: weight 1 from refine_start)
     rect_ramp: bool = False
     ckpt_every: int = 200                # last.pt every N iterations (and at the end)
-    n_val: int = None                    # validation volumes used for model selection (None = all)
+
+# %% ../nbs/06_training.ipynb #cfgmethod
+@dataclass
+class MethodSwitches:
+    "The rectifier, the prototype term, and the switches for the official code's quirks."
+    guidance: str = "official"           # quirk switch: 'per_sample' guidance
+    rectify_train_mode: bool = True      # quirk switch: False samples the rectifier in eval mode
+    uncertain: str = "background"        # quirk switch: 'ignore' drops pixels failing the 0.8 rule
+    # RefineConfig overrides (DiffRect methods); empty = the official rectifier
+    refine: dict = field(default_factory=dict)
+    proto: dict = field(default_factory=dict)   # PrototypeConfig overrides (diffrect_proto)
+
+# %% ../nbs/06_training.ipynb #cfgrun
+@dataclass
+class RunSettings:
+    "Where and how the run computes, and what it records."
     seed: int = 1337
     device: str = "auto"                 # 'auto' = CUDA, else Apple MPS, else CPU
     amp: str = None                      # None or 'bf16' (autocast)
     channels_last: bool = False
     # bf16 autocast where the hardware has it + channels_last (+ torch.compile on CUDA); see `fast_settings`
     fast: bool = False
-    guidance: str = "official"           # quirk switch: 'per_sample' guidance
-    rectify_train_mode: bool = True      # quirk switch: False samples the rectifier in eval mode
-    uncertain: str = "background"        # quirk switch: 'ignore' drops pixels failing the 0.8 rule
-    proto: dict = field(default_factory=dict)   # PrototypeConfig overrides (diffrect_proto)
-    # RefineConfig overrides (DiffRect methods); empty = the official rectifier
-    refine: dict = field(default_factory=dict)
-    # AugmentConfig overrides (notebook 00); empty = the official weak/strong views
-    augment: dict = field(default_factory=dict)
-    num_workers: int = 0
     tensorboard: bool = False
     preset: str = None
+
+# %% ../nbs/06_training.ipynb #67b785c2s1
+@dataclass
+class TrainConfig(RunSettings, MethodSwitches, OptimSettings, DataSettings):
+    """Everything a run needs: the fields of the four groups above, data first. The defaults are the official DiffRect
+    protocol on ACDC (the `paper` preset)."""
     # every way of making a config (CLI, preset, code, a saved file) is checked here
     def __post_init__(self): check_settings(self)
 

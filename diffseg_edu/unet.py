@@ -203,6 +203,34 @@ def previous_of(path) -> Path:
     path = Path(path)
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
+# %% ../nbs/01_unet.ipynb #ckptsync
+def _save_synced(payload: dict, tmp: Path):
+    "`torch.save` to `tmp`, flushed and synced: on disk before a rename makes it visible."
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+# %% ../nbs/01_unet.ipynb #ckptkeep
+def _keep_as(path: Path, staged: Path, prev: Path):
+    "Give the file at `path` the name `prev` as well: a hard link (no copy, `path` never disappears), else a copy."
+    staged.unlink(missing_ok=True)
+    try: os.link(path, staged)
+    except OSError: shutil.copyfile(path, staged)
+    staged.replace(prev)
+
+# %% ../nbs/01_unet.ipynb #ckptfail
+def _write_failure(e: BaseException, path: Path) -> BaseException:
+    """What a failed checkpoint write raises: Ctrl-C inside torch.save's writer stays a `KeyboardInterrupt`; a failed
+    write (an `OSError`, or the `RuntimeError` torch.save reports) becomes an `OSError` naming `path`, ENOSPC when its
+    disk is full; anything else is `e` itself."""
+    if isinstance(e.__context__, KeyboardInterrupt): return KeyboardInterrupt()
+    if not isinstance(e, (OSError, RuntimeError)): return e
+    free = shutil.disk_usage(path.parent).free
+    return OSError(errno.ENOSPC if free < 2**20 else errno.EIO,
+                   f"the checkpoint could not be written ({free / 2**20:.1f} MiB free "
+                   f"on its disk): {str(e).splitlines()[0]}", str(path))
+
 # %% ../nbs/01_unet.ipynb #5dc308a1s1
 def save_checkpoint(path, model: nn.Module, keep_previous: bool = False, **extra) -> Path:
     """Write `{'model': spec, 'state_dict': …, **extra}` to `path` atomically (temporary file, then rename);
@@ -216,26 +244,15 @@ def save_checkpoint(path, model: nn.Module, keep_previous: bool = False, **extra
     prev = previous_of(path)
     staged = prev.with_name(prev.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())  # on disk before the rename makes it visible
-        if keep_previous and path.exists():
-            staged.unlink(missing_ok=True)
-            try: os.link(path, staged)           # a second name for the old file: no copy, and `path` never disappears
-            except OSError: shutil.copyfile(path, staged)
-            staged.replace(prev)
+        _save_synced(payload, tmp)
+        if keep_previous and path.exists(): _keep_as(path, staged, prev)
         tmp.replace(path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         staged.unlink(missing_ok=True)
-        # Ctrl-C inside torch.save's writer
-        if isinstance(e.__context__, KeyboardInterrupt): raise KeyboardInterrupt from None
-        if not isinstance(e, (OSError, RuntimeError)): raise   # (torch.save reports a failed write as a RuntimeError)
-        free = shutil.disk_usage(path.parent).free
-        raise OSError(errno.ENOSPC if free < 2**20 else errno.EIO,
-                      f"the checkpoint could not be written ({free / 2**20:.1f} MiB free "
-                      f"on its disk): {str(e).splitlines()[0]}", str(path)) from None
+        failure = _write_failure(e, path)
+        if failure is e: raise
+        raise failure from None
     return path
 
 # %% ../nbs/01_unet.ipynb #5dc308a1s2
