@@ -4,10 +4,12 @@
 
 # %% auto #0
 __all__ = ['SPEED_ROWS', 'SPLITS', 'PUBLISHED', 'DEMO_GOALS', 'DEMO_VARIANTS', 'peak_rss_mb', 'peak_memory_mb', 'time_iterations',
-           'speed_config', 'speed_one', 'speed_benchmark', 'speed_table', 'result_header', 'write_speed', 'run_name',
+           'speed_config', 'speed_one', 'speed_benchmark', 'speed_table', 'result_header', 'write_speed',
+           'benchmark_augment', 'benchmark_loader', 'benchmark_inference', 'benchmark_metrics', 'run_name',
            'train_or_reuse', 'mean_std', 'summarise_runs', 'acdc_benchmark', 'acdc_table', 'label_efficiency',
            'plot_label_efficiency', 'run_command', 'demo_benchmark', 'summarise_demo', 'demo_table',
-           'add_speed_command', 'add_acdc_command', 'add_demo_command', 'bench_parser', 'main']
+           'add_speed_command', 'add_acdc_command', 'add_demo_command', 'add_augment_command', 'add_inference_command',
+           'bench_parser', 'main']
 
 # %% ../nbs/07_benchmark.ipynb #3e9b4848
 import argparse, importlib, json, os, shutil, subprocess, sys, time
@@ -18,9 +20,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .data import DATASETS, DataError, dataset_spec, guard_command, machine_description, positive_int
-from .unet import supervised_loss
-from .metrics import N_CLASSES, amp_context
+from .data import (DATASETS, DataError, H5Slices, WeakStrongAugment, dataset_spec, device_of, guard_command,
+                              machine_description, output_file, patient_of, positive_int, split_by_group, train_loader)
+from .unet import UNet, load_model, supervised_loss
+from .metrics import (N_CLASSES, amp_context, eval_cases, input_channels, multiclass_metrics,
+                                 predict_volume, prepare_for_inference)
 from .train import (METHODS, PRESETS, ConfigError, TrainData, check_config, fast_settings, make_config,
                                parse_sets,
                                pick_device, prepare_run, run_schedule, same_config, train, train_step)
@@ -176,6 +180,82 @@ def write_speed(result: dict, out) -> Path:
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     (out / f"{stem}.md").write_text(f"{result_header(result)}\n\n{speed_table(result)}\n")
     return out / f"{stem}.json"
+
+# %% ../nbs/07_benchmark.ipynb #benchaug
+def benchmark_augment(img_size: int = 256, batch_size: int = 24, n_iters: int = 20, device: str = "cpu",
+                      warmup: int = 3) -> dict:
+    "Median time of `WeakStrongAugment` on random `(batch_size, 1, img_size, img_size)` batches; slices per second."
+    dev, g = torch.device(device), torch.Generator().manual_seed(0)
+    image = torch.rand(batch_size, 1, img_size, img_size, generator=g).to(dev)
+    label = torch.randint(0, 4, (batch_size, img_size, img_size), generator=g).to(dev)
+    labeled = (torch.arange(batch_size) < batch_size // 2).to(dev)
+    aug = WeakStrongAugment()
+    med = float(np.median(time_iterations(lambda k: aug(image, label, labeled, g), n_iters, warmup, dev)))
+    return {"what": "augment", "device": str(dev), "threads": torch.get_num_threads(), "img_size": img_size,
+            "batch_size": batch_size, "median_s": med, "slices_per_s": batch_size / med}
+
+# %% ../nbs/07_benchmark.ipynb #benchload
+def benchmark_loader(cases, img_size: int = 256, batch_size: int = 24, n_batches: int = 10,
+                     num_workers: int = 0) -> dict:
+    "Slices per second from h5 files to an augmented batch (read, resize, collate, augment) on the CPU."
+    lab, unl = split_by_group(cases.names, max(1, len({patient_of(n) for n in cases.names}) // 2))
+    loader = train_loader(cases, lab, unl, batch_size, batch_size // 2, (img_size, img_size), num_workers=num_workers)
+    aug, g, it = WeakStrongAugment(), torch.Generator().manual_seed(0), iter(loader)
+    def step(k):
+        nonlocal it
+        try: raw = next(it)
+        except StopIteration:
+            it = iter(loader)
+            raw = next(it)
+        aug(raw["image"], raw["label"], raw["labeled"], g)
+    dt = sum(time_iterations(step, n_batches, 0, torch.device("cpu")))
+    n = n_batches * batch_size
+    return {"what": "loader+augment", "workers": num_workers, "img_size": img_size, "batch_size": batch_size,
+            "slices": n, "seconds": dt, "slices_per_s": n / dt}
+
+# %% ../nbs/07_benchmark.ipynb #benchinf
+def benchmark_inference(cases, model=None, patch_size: tuple = (256, 256), batch_size: int = 8, amp: str = None,
+                        fast: bool = True, device: str = "cpu", n_cases: int = 4, warmup: int = 1) -> dict:
+    """Slices per second of `predict_volume` over the first `n_cases` volumes of `cases` (after `warmup` passes over the
+    first)."""
+    dev = torch.device(device)
+    net = prepare_for_inference(model if model is not None else UNet(), dev, channels_last=fast, fuse=fast)
+    images = [cases[i]["image"] for i in range(min(n_cases, len(cases)))]
+    for _ in range(warmup): predict_volume(net, images[0], patch_size, batch_size, amp)
+    dt = sum(time_iterations(lambda k: predict_volume(net, images[k], patch_size, batch_size, amp), len(images), 0,
+                             dev))
+    # the dimensions of one slice: (H, W) or (C, H, W)
+    single = 2 if input_channels(net) == 1 else 3
+    n = sum(1 if im.ndim == single else len(im) for im in images)
+    return {"what": "inference", "device": str(dev), "threads": torch.get_num_threads(), "img_size": list(patch_size),
+            "batch_size": batch_size, "amp": amp, "fast": fast, "slices": n, "seconds": dt, "slices_per_s": n / dt}
+
+# %% ../nbs/07_benchmark.ipynb #benchmedpy
+def _medpy_seconds(preds: list, labels: list, n_classes: int) -> float:
+    "Seconds per case of medpy's dc, jc, hd95 and asd on every class present in both masks (None without medpy)."
+    try:
+        import medpy.metric.binary as mb
+    except ImportError: return None
+    t0 = time.perf_counter()
+    for p, y in zip(preds, labels):
+        for c in range(1, n_classes):
+            a, b = p == c, y == c
+            if a.any() and b.any(): mb.dc(a, b), mb.jc(a, b), mb.hd95(a, b), mb.asd(a, b)
+    return (time.perf_counter() - t0) / len(labels)
+
+# %% ../nbs/07_benchmark.ipynb #benchmet
+def benchmark_metrics(cases, n_classes: int, n_cases: int = 4, shift: int = 2, with_medpy: bool = True) -> dict:
+    """Seconds per case for all of `METRICS` on every foreground class, prediction = label shifted by `shift` pixels;
+    medpy too if installed."""
+    labels = [np.asarray(cases[i]["label"]) for i in range(min(n_cases, len(cases)))]
+    preds = [np.roll(y, shift, axis=-1) for y in labels]
+    t0 = time.perf_counter()
+    for p, y in zip(preds, labels): multiclass_metrics(p, y, n_classes)
+    out = {"what": "metrics", "cases": len(labels), "shape": list(labels[0].shape),
+           "seconds_per_case": (time.perf_counter() - t0) / len(labels)}
+    medpy_s = _medpy_seconds(preds, labels, n_classes) if with_medpy else None
+    if medpy_s is not None: out["medpy_seconds_per_case"] = medpy_s
+    return out
 
 # %% ../nbs/07_benchmark.ipynb #4ea40950
 # `val_heldout`: the validation volumes the run did not select its checkpoint on
@@ -493,14 +573,45 @@ def add_demo_command(sub):
     d.add_argument("--overwrite", action="store_true", help="replace existing run folders")
     d.add_argument("--out", default="results/demo", help="results folder (default results/demo)")
 
+# %% ../nbs/07_benchmark.ipynb #benchp2a
+def add_augment_command(sub):
+    "The `augment` subcommand of `diffseg-bench`: augmentation throughput, and the file-to-batch path."
+    b = sub.add_parser("augment", help="augmentation throughput (and the file-to-batch path: phantom or --root)")
+    b.add_argument("--img-size", type=positive_int, default=256, help="square size (default 256)")
+    b.add_argument("--batch-size", type=positive_int, default=24, help="images per batch (default 24)")
+    b.add_argument("--iters", type=positive_int, default=20, help="timed batches (default 20)")
+    b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    b.add_argument("--dataset", choices=["acdc", "synthetic"], default="synthetic",
+                   help="the data set whose files are read (default: the phantom)")
+    b.add_argument("--root", help="its folder (ACDC: without it only the augmentation is timed)")
+    b.add_argument("--out", help="also write the results as JSON")
+
+# %% ../nbs/07_benchmark.ipynb #benchp2b
+def add_inference_command(sub):
+    "The `inference` subcommand of `diffseg-bench`: volume inference and the metrics, as validation runs them."
+    i = sub.add_parser("inference", help="slices/s of volume inference and seconds per case of the metrics")
+    i.add_argument("--dataset", choices=sorted(N_CLASSES), default="synthetic", help="the data set (default synthetic)")
+    i.add_argument("--root", help="data set root (synthetic, xa-synthetic: default the cached phantom)")
+    i.add_argument("--split", default="val", help="the split whose cases are timed (default val)")
+    i.add_argument("--ckpt", help="time this checkpoint's network (default: a fresh U-Net; weights do not matter)")
+    i.add_argument("--img-size", type=positive_int, default=256, help="network input size (default 256)")
+    i.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass (default 8)")
+    i.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    i.add_argument("--amp", choices=["bf16", "fp16"], help="autocast inference to bfloat16 or float16")
+    i.add_argument("--no-fast", dest="fast", action="store_false",
+                   help="default layout, batch norm not folded (for comparison)")
+    i.add_argument("--n-cases", type=positive_int, default=4, help="cases timed (default 4)")
+    i.add_argument("--out", help="also write the results as JSON")
+
 # %% ../nbs/07_benchmark.ipynb #benchp3
 def bench_parser() -> argparse.ArgumentParser:
     "Argument parser of `diffseg-bench`: one subcommand per benchmark."
     p = argparse.ArgumentParser(prog="diffseg-bench",
-                                description="diffseg_edu benchmarks: speed, ACDC accuracy, the demo command, "
-                                            "pseudo-label noise.")
+                                description="diffseg_edu benchmarks: training speed, ACDC accuracy, the demo command, "
+                                            "augmentation and inference speed, pseudo-label noise.")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (add_speed_command, add_acdc_command, add_demo_command, add_noise_command): add(sub)
+    for add in (add_speed_command, add_acdc_command, add_demo_command, add_augment_command, add_inference_command,
+                add_noise_command): add(sub)
     return p
 
 # %% ../nbs/07_benchmark.ipynb #e7ce66ac
@@ -564,6 +675,41 @@ def _demo_command(a, command: str) -> int:
           "min)")
     return 0
 
+# %% ../nbs/07_benchmark.ipynb #benchwrite
+def _write_results(out, results: list, command: str):
+    "Write `{results, machine, command}` as JSON to `out` (its folder created)."
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"results": results, "machine": machine_description(), "command": command},
+                                    indent=1))
+
+# %% ../nbs/07_benchmark.ipynb #benchaugcmd
+def _augment_command(a, command: str) -> int:
+    "`diffseg-bench augment`: augmentation throughput, and reading from the data set's files where there are some."
+    if a.out: output_file(a.out)
+    spec = dataset_spec(a.dataset)
+    root = a.root or (spec.root(None) if spec.default_root is not None else None)
+    results = [benchmark_augment(a.img_size, a.batch_size, a.iters, str(device_of(a.device)))]
+    if root is not None:
+        results.append(benchmark_loader(H5Slices(root), a.img_size, a.batch_size, max(3, a.iters // 2)))
+    for r in results: print(json.dumps(r))
+    print(" | ".join(f"{r['what']}: {r['slices_per_s']:.0f} slices/s" for r in results) + f" at {a.img_size}²")
+    if a.out: _write_results(a.out, results, command)
+    return 0
+
+# %% ../nbs/07_benchmark.ipynb #benchinfcmd
+def _inference_command(a, command: str) -> int:
+    "`diffseg-bench inference`: volume inference and the metrics on the first `--n-cases` cases of `--split`."
+    if a.out: output_file(a.out)
+    spec = dataset_spec(a.dataset)
+    cases = eval_cases(a.dataset, spec.root(a.root, f"--dataset {a.dataset}"), a.split)
+    model = load_model(a.ckpt)[0] if a.ckpt else UNet(spec.in_channels, spec.n_classes)
+    size, device = (a.img_size, a.img_size), str(device_of(a.device))
+    results = [benchmark_inference(cases, model, size, a.batch_size, a.amp, a.fast, device, a.n_cases),
+               benchmark_metrics(cases, spec.n_classes, a.n_cases)]
+    for r in results: print(json.dumps(r))
+    if a.out: _write_results(a.out, results, command)
+    return 0
+
 # %% ../nbs/07_benchmark.ipynb #e7ce66acs3
 def main(argv: Sequence = None) -> int:
     """`diffseg-bench`: run a benchmark, print its table, write its result files; 2 on bad input, 130 on Ctrl-C
@@ -571,7 +717,8 @@ def main(argv: Sequence = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = bench_parser().parse_args(argv)
     if a.command == "noise": return guard_command("diffseg-bench", noise_command, a)
-    commands = {"speed": _speed_command, "acdc": _acdc_command, "demo": _demo_command}
+    commands = {"speed": _speed_command, "acdc": _acdc_command, "demo": _demo_command, "augment": _augment_command,
+                "inference": _inference_command}
     resume = (lambda: "finished runs are kept; the same command resumes the others") if a.command == "acdc" else None
     return guard_command("diffseg-bench", commands[a.command], a, "diffseg-bench " + " ".join(argv),
                          on_interrupt=resume)

@@ -16,10 +16,9 @@ __all__ = ['IGNORE_INDEX', 'ACDC_CLASSES', 'LUMA', 'MOSXAV_CLASSES', 'MOSXAV_COL
            'write_endoscapes_sample', 'XASequence', 'draw_xa_sequence', 'xa_frame', 'write_xa_synthetic',
            'SequenceVolumes', 'Source', 'data_cache', 'sha256sum', 'fetch_file', 'finish_unpacked', 'download',
            'class_stats', 'widgets_live', 'browse_volumes', 'default_synthetic_root', 'default_xa_root',
-           'AnnotatedFrames', 'DatasetSpec', 'dataset_spec', 'open_cases', 'dataset_info', 'benchmark_augment',
-           'benchmark_loader', 'os_message', 'guard_command', 'sha256_hex', 'positive_int', 'device_of', 'output_file',
-           'add_info_and_synthetic', 'add_preview_and_download', 'add_data_bench', 'data_parser', 'main',
-           'machine_description']
+           'AnnotatedFrames', 'DatasetSpec', 'dataset_spec', 'open_cases', 'dataset_info', 'os_message',
+           'guard_command', 'sha256_hex', 'positive_int', 'device_of', 'output_file', 'add_info_and_synthetic',
+           'add_preview_and_download', 'data_parser', 'main', 'machine_description']
 
 # %% ../nbs/00_data.ipynb #a2dd4d7d
 import argparse, contextlib, hashlib, json, os, platform, re, shutil, sys, tarfile, time, zipfile
@@ -1546,44 +1545,6 @@ def dataset_info(dataset: str, root, labeled_patients: int = None) -> dict:
         info.update(labeled_patients=labeled_patients, labeled_slices=n_lab, unlabeled_slices=len(slices) - n_lab)
     return info
 
-# %% ../nbs/00_data.ipynb #614b99d2
-def benchmark_augment(img_size: int = 256, batch_size: int = 24, n_iters: int = 20, device: str = "cpu",
-                      warmup: int = 3) -> dict:
-    "Median time of `WeakStrongAugment` on random (batch_size, 1, img_size, img_size) batches; slices per second."
-    dev, g = torch.device(device), torch.Generator().manual_seed(0)
-    image = torch.rand(batch_size, 1, img_size, img_size, generator=g).to(dev)
-    label = torch.randint(0, 4, (batch_size, img_size, img_size), generator=g).to(dev)
-    labeled = (torch.arange(batch_size) < batch_size // 2).to(dev)
-    aug, times = WeakStrongAugment(), []
-    for k in range(warmup + n_iters):
-        if dev.type == "cuda": torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        aug(image, label, labeled, g)
-        if dev.type == "cuda": torch.cuda.synchronize()
-        if k >= warmup: times.append(time.perf_counter() - t0)
-    med = float(np.median(times))
-    return {"what": "augment", "device": str(dev), "threads": torch.get_num_threads(), "img_size": img_size,
-            "batch_size": batch_size, "median_s": med, "slices_per_s": batch_size / med}
-
-# %% ../nbs/00_data.ipynb #614b99d2s1
-def benchmark_loader(cases, img_size: int = 256, batch_size: int = 24, n_batches: int = 10,
-                     num_workers: int = 0) -> dict:
-    "Slices per second from h5 files to an augmented batch (read, resize, collate, augment) on the CPU."
-    lab, unl = split_by_group(cases.names, max(1, len({patient_of(n) for n in cases.names}) // 2))
-    loader = train_loader(cases, lab, unl, batch_size, batch_size // 2, (img_size, img_size), num_workers=num_workers)
-    aug, g, it, n = WeakStrongAugment(), torch.Generator().manual_seed(0), iter(loader), 0
-    t0 = time.perf_counter()
-    for _ in range(n_batches):
-        try: raw = next(it)
-        except StopIteration:
-            it = iter(loader)
-            raw = next(it)
-        aug(raw["image"], raw["label"], raw["labeled"], g)
-        n += len(raw["image"])
-    dt = time.perf_counter() - t0
-    return {"what": "loader+augment", "workers": num_workers, "img_size": img_size, "batch_size": batch_size,
-            "slices": n, "seconds": dt, "slices_per_s": n / dt}
-
 # %% ../nbs/00_data.ipynb #cli0code
 def os_message(e: OSError) -> str:
     "An `OSError` as one line that names its path: 'path: No space left on device'."
@@ -1673,26 +1634,13 @@ def add_preview_and_download(sub):
     d.add_argument("--sha256", type=sha256_hex,
                    help="the archive's expected SHA-256 (64 hex digits), checked before anything is fetched")
 
-# %% ../nbs/00_data.ipynb #datap2
-def add_data_bench(sub):
-    "The `bench` subcommand of `diffseg-data`: augmentation throughput."
-    b = sub.add_parser("bench", help="augmentation throughput (and the file-to-batch path with --root)")
-    b.add_argument("--img-size", type=positive_int, default=256, help="square size (default 256)")
-    b.add_argument("--batch-size", type=positive_int, default=24, help="images per batch (default 24)")
-    b.add_argument("--iters", type=positive_int, default=20, help="timed batches (default 20)")
-    b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
-    b.add_argument("--dataset", choices=["acdc", "synthetic"], default="synthetic", help="the data set")
-    b.add_argument("--root", help="also time reading from this folder")
-    b.add_argument("--out", help="also write the results as JSON")
-
 # %% ../nbs/00_data.ipynb #datap3
 def data_parser() -> argparse.ArgumentParser:
     "Argument parser of `diffseg-data`."
     p = argparse.ArgumentParser(prog="diffseg-data",
-                                description="Data sets for diffseg_edu: inspect, generate, preview, download, "
-                                            "benchmark.")
+                                description="Data sets for diffseg_edu: inspect, generate, preview, download.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    for add in (add_info_and_synthetic, add_preview_and_download, add_data_bench): add(sub)
+    for add in (add_info_and_synthetic, add_preview_and_download): add(sub)
     return p
 
 # %% ../nbs/00_data.ipynb #609dc8das1
@@ -1716,29 +1664,18 @@ def _preview(a, spec: DatasetSpec, root) -> str:
     fig.savefig(a.out, dpi=80)
     return a.out
 
-# %% ../nbs/00_data.ipynb #4a009a42s1
-def _data_bench(a, root) -> str:
-    "`diffseg-data bench`: augmentation throughput, and reading from `root` when there is one."
-    results = [benchmark_augment(a.img_size, a.batch_size, a.iters, str(device_of(a.device)))]
-    if root is not None:   # set for the phantom; for ACDC only when --root is given
-        results.append(benchmark_loader(H5Slices(root), a.img_size, a.batch_size, max(3, a.iters // 2)))
-    if a.out: Path(a.out).write_text(json.dumps({"results": results, "machine": machine_description()}, indent=1))
-    rates = " | ".join(f"{r['what']}: {r['slices_per_s']:.0f} slices/s" for r in results)
-    return "\n".join([*(json.dumps(r) for r in results), f"{rates} at {a.img_size}² on {a.device}"])
-
 # %% ../nbs/00_data.ipynb #4a009a42r
 def _run(a) -> int:
     "Carry out one parsed `diffseg-data` command."
     if getattr(a, "out", None): output_file(a.out)               # a bad --out fails now, not after the work
     root = getattr(a, "root", None)
     spec = dataset_spec(a.dataset) if getattr(a, "dataset", None) else None
-    if root is None and spec is not None and (spec.default_root is not None or a.cmd != "bench"):
+    if root is None and spec is not None:
         root = spec.root(None, f"--dataset {a.dataset}")   # the embedded phantom, or: this data set needs --root
     if a.cmd == "info": print(json.dumps(dataset_info(a.dataset, root, a.labeled_patients)))
     elif a.cmd == "synthetic": print(write_synthetic(a.dest, a.train, a.val, a.test, a.seed))
     elif a.cmd == "preview": print(_preview(a, spec, root))
     elif a.cmd == "download": print(download(a.name, a.dest, a.url, a.sha256, quiet=False))
-    elif a.cmd == "bench": print(_data_bench(a, root))
     return 0
 
 # %% ../nbs/00_data.ipynb #1ea77f3d

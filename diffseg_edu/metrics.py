@@ -6,7 +6,7 @@
 __all__ = ['METRICS', 'PAPER_EMPTY', 'POLICIES', 'N_CLASSES', 'MetricError', 'dice', 'jaccard', 'surface_distances', 'hd95',
            'asd', 'binary_metrics', 'multiclass_metrics', 'prepare_for_inference', 'amp_context', 'input_channels',
            'predict_volume', 'EvaluationViews', 'Evaluation', 'evaluate', 'plot_boxes', 'slice_dice', 'show_best_worst',
-           'benchmark_inference', 'benchmark_metrics', 'eval_cases', 'eval_parser', 'main']
+           'eval_cases', 'eval_parser', 'main']
 
 # %% ../nbs/02_metrics.ipynb #138f2c82
 import argparse, json, time
@@ -24,7 +24,7 @@ from scipy import ndimage
 from .data import (DATASETS, IGNORE_INDEX, DiffsegError, dataset_spec, device_of, guard_command,
                               machine_description,
                               output_file, overlay, positive_int, zoom_nearest)
-from .unet import ModelError, UNet, fuse_conv_bn, load_model
+from .unet import ModelError, fuse_conv_bn, load_model
 
 # %% ../nbs/02_metrics.ipynb #2cde6327
 class MetricError(DiffsegError):
@@ -367,48 +367,6 @@ def show_best_worst(ev: Evaluation, cases, n_classes: int, k: int = 3):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/02_metrics.ipynb #9643fc5f
-def benchmark_inference(cases, model: nn.Module = None, patch_size: tuple = (256, 256), batch_size: int = 8,
-                        amp: str = None,
-                        fast: bool = True, device: str = "cpu", n_cases: int = 4, warmup: int = 1) -> dict:
-    """Slices per second of `predict_volume` over the first `n_cases` volumes of `cases` (after `warmup` passes over the
-    first)."""
-    dev = torch.device(device)
-    net = prepare_for_inference(model if model is not None else UNet(), dev, channels_last=fast, fuse=fast)
-    images = [cases[i]["image"] for i in range(min(n_cases, len(cases)))]
-    for _ in range(warmup): predict_volume(net, images[0], patch_size, batch_size, amp)
-    if dev.type == "cuda": torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for im in images: predict_volume(net, im, patch_size, batch_size, amp)
-    if dev.type == "cuda": torch.cuda.synchronize()
-    # the dimensions of one slice: (H, W) or (C, H, W)
-    single = 2 if input_channels(net) == 1 else 3
-    dt, n = time.perf_counter() - t0, sum(1 if im.ndim == single else len(im) for im in images)
-    return {"what": "inference", "device": str(dev), "threads": torch.get_num_threads(), "img_size": list(patch_size),
-            "batch_size": batch_size, "amp": amp, "fast": fast, "slices": n, "seconds": dt, "slices_per_s": n / dt}
-
-# %% ../nbs/02_metrics.ipynb #9643fc5fs1
-def benchmark_metrics(cases, n_classes: int, n_cases: int = 4, shift: int = 2, with_medpy: bool = True) -> dict:
-    """Seconds per case for all of `METRICS` on every foreground class, prediction = label shifted by `shift` pixels;
-    medpy too if installed."""
-    labels = [np.asarray(cases[i]["label"]) for i in range(min(n_cases, len(cases)))]
-    preds = [np.roll(y, shift, axis=-1) for y in labels]
-    t0 = time.perf_counter()
-    for p, y in zip(preds, labels): multiclass_metrics(p, y, n_classes)
-    out = {"what": "metrics", "cases": len(labels), "shape": list(labels[0].shape),
-           "seconds_per_case": (time.perf_counter() - t0) / len(labels)}
-    try:
-        import medpy.metric.binary as mb
-    except ImportError: mb = None
-    if with_medpy and mb is not None:
-        t0 = time.perf_counter()
-        for p, y in zip(preds, labels):
-            for c in range(1, n_classes):
-                a, b = p == c, y == c
-                if a.any() and b.any(): mb.dc(a, b), mb.jc(a, b), mb.hd95(a, b), mb.asd(a, b)
-        out["medpy_seconds_per_case"] = (time.perf_counter() - t0) / len(labels)
-    return out
-
 # %% ../nbs/02_metrics.ipynb #189c5493
 N_CLASSES = {name: spec.n_classes for name, spec in DATASETS.items()}
 
@@ -421,9 +379,9 @@ def eval_cases(dataset: str, root, split: str):
 def eval_parser() -> argparse.ArgumentParser:
     "Argument parser of `diffseg-eval`."
     p = argparse.ArgumentParser(prog="diffseg-eval",
-                                description="Evaluate a segmentation checkpoint with the paper protocol (or time "
-                                            "evaluation with --bench).")
-    p.add_argument("--ckpt", help="checkpoint (.pt) written by diffseg-train or save_checkpoint; optional with --bench")
+                                description="Evaluate a segmentation checkpoint with the paper protocol (timing: "
+                                            "diffseg-bench inference).")
+    p.add_argument("--ckpt", help="checkpoint (.pt) written by diffseg-train or save_checkpoint (required)")
     p.add_argument("--dataset", choices=sorted(N_CLASSES), default="synthetic", help="the data set (default synthetic)")
     p.add_argument("--root", help="data set root (synthetic, xa-synthetic: default the cached phantom)")
     p.add_argument("--split", default="val",
@@ -435,8 +393,6 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", choices=POLICIES,
                    help="empty-mask policy (default: the data set's: paper for volumes, nan for frames)")
     p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast inference to bfloat16 or float16")
-    p.add_argument("--bench", action="store_true", help="time volume inference and the metrics instead of evaluating")
-    p.add_argument("--n-cases", type=positive_int, default=4, help="volumes timed by --bench")
     p.add_argument("--no-fast", dest="fast", action="store_false",
                    help="default layout, batch norm not folded (for comparison)")
     return p
@@ -460,15 +416,6 @@ def main(argv: Sequence = None) -> int:
     "The `diffseg-eval` command; bad input exits with status 2 and a message naming the problem (`guard_command`)."
     return guard_command("diffseg-eval", _eval, eval_parser().parse_args(argv))
 
-# %% ../nbs/02_metrics.ipynb #16c0c2b4
-def _eval_bench(a, model, cases, size: tuple, n_classes: int, device) -> int:
-    "`diffseg-eval --bench`: time inference and the metrics instead of evaluating."
-    results = [benchmark_inference(cases, model, size, a.batch_size, a.amp, a.fast, device, a.n_cases),
-               benchmark_metrics(cases, n_classes, a.n_cases)]
-    for r in results: print(json.dumps(r))
-    if a.out: Path(a.out).write_text(json.dumps({"results": results, "machine": machine_description()}, indent=1))
-    return 0
-
 # %% ../nbs/02_metrics.ipynb #16c0c2b4s1
 def _write_evaluation(a, ev: Evaluation, root, size: tuple):
     "The `--out` JSON of `diffseg-eval`: the evaluation, the settings that made it, the machine."
@@ -481,14 +428,13 @@ def _write_evaluation(a, ev: Evaluation, root, size: tuple):
 # %% ../nbs/02_metrics.ipynb #16c0c2b4r
 def _eval(a) -> int:
     "Carry out one parsed `diffseg-eval` command."
-    if a.ckpt is None and not a.bench: raise ModelError("--ckpt is required (unless --bench)")
+    if a.ckpt is None: raise ModelError("--ckpt is required (to time inference: diffseg-bench inference)")
     if a.out: output_file(a.out)                                 # a bad --out fails before the evaluation, not after it
     device = device_of(a.device) if a.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     spec = dataset_spec(a.dataset)
     root = spec.root(a.root, f"--dataset {a.dataset}")
-    model, ckpt = load_model(a.ckpt) if a.ckpt else (UNet(spec.in_channels, N_CLASSES[a.dataset]), {})
+    model, ckpt = load_model(a.ckpt)
     size, cases, n_classes = _img_size(a, ckpt), eval_cases(a.dataset, root, a.split), N_CLASSES[a.dataset]
-    if a.bench: return _eval_bench(a, model, cases, size, n_classes, device)
     if getattr(model, "n_classes", n_classes) != n_classes:
         raise ModelError(f"{a.ckpt}: the checkpoint predicts {model.n_classes} classes but {a.dataset} has {n_classes}")
     ev = evaluate(model, cases, n_classes, size, a.batch_size, a.policy or spec.policy, amp=a.amp, device=device,

@@ -1,4 +1,4 @@
-"The diffseg-data command: info, synthetic, preview, bench, and clear errors."
+"The diffseg-data command: info, synthetic, preview, download, and clear errors."
 import json, subprocess, sys
 import pytest
 from diffseg_edu.data import main
@@ -32,10 +32,11 @@ def test_preview_volumes_and_default_phantom(tmp_path, synthetic_root, data_cach
     assert main(["preview", "--dataset", "synthetic", "--root", str(synthetic_root), "--split", "val", "--n", "2", "--out", str(tmp_path / "v.png")]) == 0
     assert (tmp_path / "v.png").is_file()
 
-def test_bench_prints_rates(capsys, synthetic_root):
-    assert main(["bench", "--img-size", "64", "--batch-size", "4", "--iters", "3", "--root", str(synthetic_root)]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert json.loads(lines[0])["slices_per_s"] > 0 and "slices/s" in lines[-1]
+def test_bench_moved_to_diffseg_bench(capsys):
+    "Measurement lives in diffseg-bench: diffseg-data has no bench subcommand."
+    with pytest.raises(SystemExit):
+        main(["bench"])
+    assert "invalid choice: 'bench'" in capsys.readouterr().err
 
 @pytest.mark.parametrize("args, message", [
     (["info", "--dataset", "acdc", "--root", "/nonexistent"], "no such split list"),
