@@ -7,9 +7,10 @@ __all__ = ['SPEED_ROWS', 'SPLITS', 'PUBLISHED', 'DEMO_GOALS', 'DEMO_VARIANTS', '
            'speed_config', 'speed_one', 'speed_benchmark', 'speed_table', 'result_header', 'write_speed',
            'benchmark_augment', 'benchmark_loader', 'benchmark_inference', 'benchmark_metrics', 'run_name',
            'train_or_reuse', 'mean_std', 'summarise_runs', 'acdc_benchmark', 'acdc_table', 'label_efficiency',
-           'plot_label_efficiency', 'run_command', 'demo_benchmark', 'summarise_demo', 'demo_table',
-           'add_speed_command', 'add_acdc_command', 'add_demo_command', 'add_augment_command', 'add_inference_command',
-           'bench_parser', 'main']
+           'plot_label_efficiency', 'run_command', 'demo_benchmark', 'summarise_demo', 'demo_table', 'cell_seconds',
+           'time_notebook', 'notebooks_benchmark', 'notebooks_table', 'add_speed_command', 'add_acdc_command',
+           'add_demo_command', 'add_augment_command', 'add_inference_command', 'add_notebooks_command', 'bench_parser',
+           'main']
 
 # %% ../nbs/07_benchmark.ipynb #3e9b4848
 import argparse, importlib, json, os, shutil, subprocess, sys, time
@@ -93,9 +94,9 @@ def speed_one(method: str, img_size: int = 128, batch_size: int = 6, labeled_bs:
     cfg, models = prepare_run(cfg, N_CLASSES[cfg.dataset], dev)
     # its own seeded generator; build_models seeded the weights
     batch = TrainData(cfg).batch(0, dev, cfg.channels_last)
-    for m in (models["seg"], models["refine"]):
+    for m in (models.seg, models.refine):
         if m is not None: m.train()
-    if method == "floor": step = _floor_step(models["seg"], models["opt_seg"], batch, dev, cfg.amp)
+    if method == "floor": step = _floor_step(models.seg, models.opt_seg, batch, dev, cfg.amp)
     else: step = lambda k: train_step(cfg, models, batch, 10_000 + k, dev)
     if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
     ts = time_iterations(step, n_iters, warmup, dev)
@@ -514,6 +515,65 @@ def demo_table(result: dict) -> str:
                      f"{s['met_dice']}/{s['n']} | {s['met_both']}/{s['n']} |")
     return "\n".join(lines)
 
+# %% ../nbs/07_benchmark.ipynb #nbcellsec
+def cell_seconds(cell: dict) -> float:
+    "Seconds a code cell ran, from the kernel's `execute_input` and `execute_reply` timestamps (None if not recorded)."
+    from datetime import datetime
+    ex = cell.get("metadata", {}).get("execution", {})
+    start, end = ex.get("iopub.execute_input"), ex.get("shell.execute_reply")
+    if not (start and end): return None
+    parse = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))
+    return (parse(end) - parse(start)).total_seconds()
+
+# %% ../nbs/07_benchmark.ipynb #nbfirst
+def _first_line(source: str) -> str:
+    "The first line of a cell that is not a directive or a comment (what a table names the cell by)."
+    lines = [s for s in source.splitlines() if s.strip() and not s.lstrip().startswith("#")]
+    return (lines[0] if lines else source.splitlines()[0] if source else "")[:70]
+
+# %% ../nbs/07_benchmark.ipynb #nbtime
+def time_notebook(path, timeout: int = 900, kernel: str = "python3") -> dict:
+    """Run notebook `path` top to bottom in a fresh kernel in its own folder, at its default size (`IN_TEST` unset);
+    `{notebook, seconds, error, cells}` with every code cell's seconds. The notebook file is not changed."""
+    import nbformat
+    from nbclient import NotebookClient
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name=kernel, resources={"metadata": {"path": str(path.parent)}})
+    saved, error = os.environ.pop("IN_TEST", None), None
+    t0 = time.perf_counter()
+    try: client.execute()
+    except Exception as e: error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1][:300]}"
+    finally:
+        if saved is not None: os.environ["IN_TEST"] = saved
+    cells = [{"index": i, "seconds": cell_seconds(c), "first_line": _first_line(c.source)}
+             for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    return {"notebook": path.name, "seconds": time.perf_counter() - t0, "error": error, "cells": cells}
+
+# %% ../nbs/07_benchmark.ipynb #nbbench
+def notebooks_benchmark(paths: Sequence, limit: float = 120, timeout: int = 900) -> dict:
+    "`time_notebook` of each of `paths`, one after the other; settings, machine and the rows, each against `limit` s."
+    t0, rows = time.perf_counter(), []
+    for p in paths:
+        rows.append(time_notebook(p, timeout))
+        r = rows[-1]
+        print(f"{r['notebook']}: {r['seconds']:.0f} s" + (f" — {r['error']}" if r["error"] else ""), file=sys.stderr)
+    settings = {"limit_s": limit, "timeout_s": timeout, "acdc": os.environ.get("DIFFSEG_ACDC")}
+    return {"what": "notebooks", "settings": settings, "machine": machine_description(),
+            "wall_s": time.perf_counter() - t0, "rows": rows}
+
+# %% ../nbs/07_benchmark.ipynb #nbtable
+def notebooks_table(result: dict, n_slowest: int = 3) -> str:
+    "Markdown: seconds per notebook against the limit, and its slowest cells (index, seconds, first line)."
+    limit = result["settings"]["limit_s"]
+    lines = [f"| notebook | seconds | ≤ {limit:.0f} s | slowest cells |", "|---|---|---|---|"]
+    for r in result["rows"]:
+        timed = sorted((c for c in r["cells"] if c["seconds"] is not None), key=lambda c: -c["seconds"])[:n_slowest]
+        slow = "; ".join(f"[{c['index']}] {c['seconds']:.0f} s `{c['first_line'].replace('|', '/')}`" for c in timed)
+        ok = "error: " + r["error"] if r["error"] else "yes" if r["seconds"] <= limit else "**no**"
+        lines.append(f"| {r['notebook']} | {r['seconds']:.0f} | {ok} | {slow} |")
+    return "\n".join(lines)
+
 # %% ../nbs/07_benchmark.ipynb #57f8fe5c
 def add_speed_command(sub):
     "The `speed` subcommand of `diffseg-bench`."
@@ -603,6 +663,15 @@ def add_inference_command(sub):
     i.add_argument("--n-cases", type=positive_int, default=4, help="cases timed (default 4)")
     i.add_argument("--out", help="also write the results as JSON")
 
+# %% ../nbs/07_benchmark.ipynb #benchp2c
+def add_notebooks_command(sub):
+    "The `notebooks` subcommand of `diffseg-bench`: how long each lesson takes to run top to bottom."
+    n = sub.add_parser("notebooks", help="run each notebook top to bottom, one at a time, and time it and its cells")
+    n.add_argument("notebooks", nargs="*", help="notebook files (default: every numbered notebook in nbs/)")
+    n.add_argument("--limit", type=float, default=120, help="seconds a notebook may take (default 120)")
+    n.add_argument("--timeout", type=positive_int, default=900, help="seconds a single cell may take (default 900)")
+    n.add_argument("--out", default="results/notebooks", help="results folder (default results/notebooks)")
+
 # %% ../nbs/07_benchmark.ipynb #benchp3
 def bench_parser() -> argparse.ArgumentParser:
     "Argument parser of `diffseg-bench`: one subcommand per benchmark."
@@ -611,7 +680,7 @@ def bench_parser() -> argparse.ArgumentParser:
                                             "augmentation and inference speed, pseudo-label noise.")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (add_speed_command, add_acdc_command, add_demo_command, add_augment_command, add_inference_command,
-                add_noise_command): add(sub)
+                add_notebooks_command, add_noise_command): add(sub)
     return p
 
 # %% ../nbs/07_benchmark.ipynb #e7ce66ac
@@ -710,6 +779,20 @@ def _inference_command(a, command: str) -> int:
     if a.out: _write_results(a.out, results, command)
     return 0
 
+# %% ../nbs/07_benchmark.ipynb #benchnbcmd
+def _notebooks_command(a, command: str) -> int:
+    "`diffseg-bench notebooks`: time the lessons; 1 when one fails or runs over `--limit`."
+    paths = [Path(p) for p in a.notebooks] or sorted(Path("nbs").glob("[0-9]*.ipynb"))
+    missing = [str(p) for p in paths if not p.is_file()]
+    if not paths or missing: raise DataError(f"no such notebook: {missing or 'nbs/[0-9]*.ipynb'}")
+    res = {**notebooks_benchmark(paths, a.limit, a.timeout), "command": command}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "notebooks.json").write_text(json.dumps(res, indent=1))
+    (out / "notebooks.md").write_text(f"{result_header(res)}\n\n{notebooks_table(res)}\n")
+    print(f"{result_header(res)}\n\n{notebooks_table(res)}\n\nwrote {out / 'notebooks.md'}")
+    return int(any(r["error"] or r["seconds"] > a.limit for r in res["rows"]))
+
 # %% ../nbs/07_benchmark.ipynb #e7ce66acs3
 def main(argv: Sequence = None) -> int:
     """`diffseg-bench`: run a benchmark, print its table, write its result files; 2 on bad input, 130 on Ctrl-C
@@ -718,7 +801,7 @@ def main(argv: Sequence = None) -> int:
     a = bench_parser().parse_args(argv)
     if a.command == "noise": return guard_command("diffseg-bench", noise_command, a)
     commands = {"speed": _speed_command, "acdc": _acdc_command, "demo": _demo_command, "augment": _augment_command,
-                "inference": _inference_command}
+                "inference": _inference_command, "notebooks": _notebooks_command}
     resume = (lambda: "finished runs are kept; the same command resumes the others") if a.command == "acdc" else None
     return guard_command("diffseg-bench", commands[a.command], a, "diffseg-bench " + " ".join(argv),
                          on_interrupt=resume)

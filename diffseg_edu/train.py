@@ -7,7 +7,7 @@ __all__ = ['METHODS', 'SETTING_RULES', 'PRESETS', 'LEGACY', 'UNREAD', 'NUMBER_OP
            'DataSettings', 'OptimSettings', 'MethodSwitches', 'RunSettings', 'TrainConfig', 'check_settings',
            'make_config', 'run_schedule', 'unsup_weight', 'rect_weight', 'refine_config', 'augment_config',
            'same_config', 'check_config', 'pick_device', 'data_root', 'TrainData', 'bf16_native', 'fast_settings',
-           'build_models', 'learning_rates', 'prepare_run', 'train_step', 'rng_state', 'training_state',
+           'RunModels', 'build_models', 'learning_rates', 'prepare_run', 'train_step', 'rng_state', 'training_state',
            'restore_state', 'Collectives', 'Distributed', 'SyncedOptimizer', 'RunLog', 'validate', 'resume_checkpoint',
            'resume_state', 'hold_folder', 'TrainingRun', 'open_run', 'set_learning_rates', 'check_losses',
            'validate_and_keep_best', 'log_values', 'save_training_state', 'show_progress', 'finish_run', 'train',
@@ -168,6 +168,9 @@ PRESETS = {
                     fast=True),
     # the scaled schedule gives 1000 and 200
     "paper": dict(dataset="acdc", labeled_patients=3, img_size=256, iters=30000, ckpt_every=200),
+    # the paper protocol at a fifth of its budget (scaled schedule: refine_start 200, val_every 40), for a free
+    # Colab GPU
+    "colab": dict(dataset="acdc", labeled_patients=3, img_size=256, iters=6000, ckpt_every=200, fast=True),
 }
 
 # %% ../nbs/06_training.ipynb #b2669cdac
@@ -325,9 +328,19 @@ def fast_settings(cfg: TrainConfig, device: torch.device) -> dict:
     if not cfg.fast: return {"amp": cfg.amp, "channels_last": cfg.channels_last, "compile": False}
     return {"amp": "bf16" if bf16_native(device) else cfg.amp, "channels_last": True, "compile": device.type == "cuda"}
 
+# %% ../nbs/06_training.ipynb #runmodels
+@dataclass
+class RunModels:
+    "The networks and optimisers of one run; the parts a method does not use (the rectifier, the hook) are None."
+    seg: nn.Module                      # the segmentation U-Net
+    opt_seg: torch.optim.Optimizer
+    refine: nn.Module = None            # DiffRect's label rectifier
+    hook: nn.Module = None              # the prototype term (its head trains with the rectifier)
+    opt_refine: torch.optim.Optimizer = None
+
 # %% ../nbs/06_training.ipynb #d62bae7e
-def build_models(cfg: TrainConfig, n_classes: int, device: torch.device) -> dict:
-    "`{'seg', 'refine', 'hook', 'opt_seg', 'opt_refine'}` for the method (absent parts are None), on `device`."
+def build_models(cfg: TrainConfig, n_classes: int, device: torch.device) -> RunModels:
+    "The `RunModels` of the method (absent parts are None), on `device`."
     torch.manual_seed(cfg.seed)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     seg = UNet(in_channels=DATASETS[cfg.dataset].in_channels, n_classes=n_classes).to(device, memory_format=fmt)
@@ -347,7 +360,7 @@ def build_models(cfg: TrainConfig, n_classes: int, device: torch.device) -> dict
     opt_seg = opt(seg.parameters(), cfg.lr)
     if refine is not None:
         opt_refine = opt([*refine.parameters(), *(hook.parameters() if hook is not None else [])], cfg.refine_lr)
-    return {"seg": seg, "refine": refine, "hook": hook, "opt_seg": opt_seg, "opt_refine": opt_refine}
+    return RunModels(seg, opt_seg, refine, hook, opt_refine)
 
 # %% ../nbs/06_training.ipynb #d62bae7es1
 def learning_rates(cfg: TrainConfig, iteration: int) -> tuple:
@@ -362,13 +375,13 @@ def prepare_run(cfg: TrainConfig, n_classes: int, device: torch.device) -> tuple
     rt = fast_settings(cfg, device)
     run = replace(cfg, amp=rt["amp"], channels_last=rt["channels_last"])
     models = build_models(run, n_classes, device)
-    if rt["compile"]: models["seg"].compile()                              # in place: the state_dict keys stay the same
+    if rt["compile"]: models.seg.compile()                              # in place: the state_dict keys stay the same
     return run, models
 
 # %% ../nbs/06_training.ipynb #6b24e6e6
-def train_step(cfg: TrainConfig, models: dict, batch: dict, iteration: int, device: torch.device) -> dict:
+def train_step(cfg: TrainConfig, models: RunModels, batch: dict, iteration: int, device: torch.device) -> dict:
     "One iteration of `cfg.method` on `batch`; the loss values as floats."
-    seg, opt_seg = models["seg"], models["opt_seg"]
+    seg, opt_seg = models.seg, models.opt_seg
     L = batch["labeled_mask"].bool()
     with amp_context(device, cfg.amp):
         if cfg.method == "supervised":
@@ -385,9 +398,9 @@ def train_step(cfg: TrainConfig, models: dict, batch: dict, iteration: int, devi
             s["loss"].backward()
             opt_seg.step()
             return {"loss": s["loss"].item(), "sup": s["sup"].item(), "unsup": s["unsup"].item(), "weight": lam}
-        out = diffrect_iteration(seg, models["refine"], opt_seg, models["opt_refine"], batch, iteration,
+        out = diffrect_iteration(seg, models.refine, opt_seg, models.opt_refine, batch, iteration,
                                  run_schedule(cfg)["refine_start"],
-                                 cfg.guidance, cfg.rectify_train_mode, cfg.uncertain, hook=models["hook"],
+                                 cfg.guidance, cfg.rectify_train_mode, cfg.uncertain, hook=models.hook,
                                  weight=unsup_weight(cfg, iteration), rect_weight=rect_weight(cfg, iteration))
         return {"loss": out.pop("seg"), **out}
 
@@ -399,22 +412,22 @@ def rng_state() -> dict:
     return state
 
 # %% ../nbs/06_training.ipynb #6fe76582s1
-def training_state(models: dict, iteration: int, best: dict, rng: list = None) -> dict:
+def training_state(models: RunModels, iteration: int, best: dict, rng: list = None) -> dict:
     """The extra entries of `last.pt` beside the segmentation weights; `rng` lists the random states of all processes
     (default: this one)."""
-    state = {"iteration": iteration, "best": best, "opt_seg": models["opt_seg"].state_dict(),
+    state = {"iteration": iteration, "best": best, "opt_seg": models.opt_seg.state_dict(),
              "rng": rng or [rng_state()]}
     for k in ("refine", "hook", "opt_refine"):
-        if models[k] is not None: state[k] = models[k].state_dict()
+        if getattr(models, k) is not None: state[k] = getattr(models, k).state_dict()
     return state
 
 # %% ../nbs/06_training.ipynb #6fe76582s2
-def restore_state(models: dict, ckpt: dict, rank: int = 0) -> tuple:
+def restore_state(models: RunModels, ckpt: dict, rank: int = 0) -> tuple:
     "Load a `last.pt` dict into `models` and the random generators of process `rank`; returns `(iteration, best)`."
-    models["seg"].load_state_dict(ckpt["state_dict"])
-    models["opt_seg"].load_state_dict(ckpt["opt_seg"])
+    models.seg.load_state_dict(ckpt["state_dict"])
+    models.opt_seg.load_state_dict(ckpt["opt_seg"])
     for k in ("refine", "hook", "opt_refine"):
-        if models[k] is not None: models[k].load_state_dict(ckpt[k])
+        if getattr(models, k) is not None: getattr(models, k).load_state_dict(ckpt[k])
     # older files
     rng = ckpt["rng"][rank] if "rng" in ckpt else {"cpu": ckpt["rng_cpu"],
                                                    **({"cuda": ckpt["rng_cuda"]} if "rng_cuda" in ckpt else {})}
@@ -582,7 +595,7 @@ class TrainingRun:
     out: Path
     dist: "Distributed"
     data: TrainData
-    models: dict                # seg, refine, hook, opt_seg, opt_refine (absent parts None)
+    models: RunModels           # seg, refine, hook, opt_seg, opt_refine (absent parts None)
     start: int = 0              # the iteration this call started from (> 0 when resumed)
     it: int = 0                 # iterations done
     best: dict = field(default_factory=lambda: {"dice": -1.0, "iteration": None})
@@ -617,14 +630,15 @@ def open_run(cfg: TrainConfig, out: Path, dist: "Distributed", resume: bool = Fa
     if dist.world > 1:
         # the same weights everywhere, a different dropout stream per process
         torch.manual_seed(cfg.seed + dist.rank)
-        models.update({k: SyncedOptimizer(models[k], dist) for k in ("opt_seg", "opt_refine") if models[k] is not None})
+        models.opt_seg = SyncedOptimizer(models.opt_seg, dist)
+        if models.opt_refine is not None: models.opt_refine = SyncedOptimizer(models.opt_refine, dist)
     r = TrainingRun(cfg, run, out, dist, TrainData(cfg), models)
     if resume: r.start, r.best = resume_state(r)
     if dist.main:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
         r.log, r.val_cases = RunLog(out / "log.csv", keep_until=r.start if resume else None), r.data.val_cases()
         r.writer, r.bar = _tensorboard(out) if cfg.tensorboard else None, _progress(cfg.iters, r.start, progress)
-    for m in (models["seg"], models["refine"]):
+    for m in (models.seg, models.refine):
         if m is not None: m.train()
     r.it, r.t0 = r.start, time.perf_counter()
     return r
@@ -634,9 +648,9 @@ def set_learning_rates(r: TrainingRun) -> float:
     """Both optimisers' learning rates for iteration `r.it` (poly decay where the config asks); returns the segmentation
     one."""
     lr_seg, lr_ref = learning_rates(r.cfg, r.it)
-    for g in r.models["opt_seg"].param_groups: g["lr"] = lr_seg
-    if r.models["opt_refine"] is not None:
-        for g in r.models["opt_refine"].param_groups: g["lr"] = lr_ref
+    for g in r.models.opt_seg.param_groups: g["lr"] = lr_seg
+    if r.models.opt_refine is not None:
+        for g in r.models.opt_refine.param_groups: g["lr"] = lr_ref
     return lr_seg
 
 # %% ../nbs/06_training.ipynb #loop5codes1
@@ -655,12 +669,12 @@ def validate_and_keep_best(r: TrainingRun) -> dict:
     """Every `val_every` iterations and at the end (process 0): `{'val_dice': …}`, and `best.pt` when it improved; `{}`
     otherwise."""
     if not r.dist.main or not (r.it % run_schedule(r.cfg)["val_every"] == 0 or r.it == r.cfg.iters): return {}
-    r.last_val = validate(r.models["seg"], r.val_cases, r.cfg, r.device).mean()["dice"]
+    r.last_val = validate(r.models.seg, r.val_cases, r.cfg, r.device).mean()["dice"]
     # no class scored (frames, `nan` policy): worst, not skipped
     score = r.last_val if math.isfinite(r.last_val) else -math.inf
     if r.best["iteration"] is None or score > r.best["dice"]:
         r.best = {"dice": float(score), "iteration": r.it}
-        save_checkpoint(r.out / "best.pt", r.models["seg"], img_size=r.cfg.img_size, iteration=r.it,
+        save_checkpoint(r.out / "best.pt", r.models.seg, img_size=r.cfg.img_size, iteration=r.it,
                         val_dice=r.best["dice"], config=asdict(r.cfg))
     return {"val_dice": r.last_val}
 
@@ -678,9 +692,9 @@ def save_training_state(r: TrainingRun):
     process)."""
     if not (r.it % r.cfg.ckpt_every == 0 or r.it == r.cfg.iters): return
     rng = r.dist.gather(rng_state())
-    r.dist.check_same(r.models["seg"])
+    r.dist.check_same(r.models.seg)
     if r.dist.main:
-        save_checkpoint(r.out / "last.pt", r.models["seg"], keep_previous=True, img_size=r.cfg.img_size,
+        save_checkpoint(r.out / "last.pt", r.models.seg, keep_previous=True, img_size=r.cfg.img_size,
                         config=asdict(r.cfg),
                         **training_state(r.models, r.it, r.best, rng))
 

@@ -52,7 +52,7 @@ def test_rect_ramp_scales_the_rectified_label_loss(synthetic_root):
     assert rect_weight(cfg, 0) < 0.01 and rect_weight(cfg, 99) == pytest.approx(1.0, abs=1e-3) and rect_weight(cfg, 50) == pytest.approx(unsup_weight(cfg, 50) / cfg.consistency)
     dev = torch.device("cpu")
     models, batch = build_models(cfg, 4, dev), TrainData(cfg).batch(0, dev)
-    out = diffrect_iteration(models["seg"], models["refine"], models["opt_seg"], models["opt_refine"], batch, 10, refine_start=2,
+    out = diffrect_iteration(models.seg, models.refine, models.opt_seg, models.opt_refine, batch, 10, refine_start=2,
                              weight=0.5, rect_weight=0.25, uncertain="ignore")        # 'ignore' reaches the rectifier as background
     assert out["weight"] == 0.5 and out["rect_weight"] == 0.25 and "rect" in out
 
