@@ -531,6 +531,15 @@ def _first_line(source: str) -> str:
     lines = [s for s in source.splitlines() if s.strip() and not s.lstrip().startswith("#")]
     return (lines[0] if lines else source.splitlines()[0] if source else "")[:70]
 
+# %% ../nbs/07_benchmark.ipynb #nbfailed
+def _failed_cell(nb, e: Exception) -> str:
+    "One line on a failed run: the cell that raised (its index and first line) and the error, else the exception."
+    for i, c in enumerate(nb.cells):
+        for o in c.get("outputs", []) if c.cell_type == "code" else []:
+            if o.get("output_type") == "error":
+                return f"cell [{i}] `{_first_line(c.source)}`: {o.get('ename')}: {o.get('evalue', '')[:200]}"
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1][:200]}"
+
 # %% ../nbs/07_benchmark.ipynb #nbtime
 def time_notebook(path, timeout: int = 900, kernel: str = "python3") -> dict:
     """Run notebook `path` top to bottom in a fresh kernel in its own folder, at its default size (`IN_TEST` unset);
@@ -543,7 +552,7 @@ def time_notebook(path, timeout: int = 900, kernel: str = "python3") -> dict:
     saved, error = os.environ.pop("IN_TEST", None), None
     t0 = time.perf_counter()
     try: client.execute()
-    except Exception as e: error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1][:300]}"
+    except Exception as e: error = _failed_cell(nb, e)
     finally:
         if saved is not None: os.environ["IN_TEST"] = saved
     cells = [{"index": i, "seconds": cell_seconds(c), "first_line": _first_line(c.source)}
