@@ -131,3 +131,24 @@ def test_module_entry_point_reaches_every_command(tmp_path):
     r = subprocess.run([sys.executable, "-m", "diffseg_edu.bench", "demo", "--preset", "nope", "--out", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "unknown preset 'nope'" in r.stderr, r.stderr[-2000:]
+
+
+def _tiny_notebook(path, source: str):
+    cell = {"cell_type": "code", "id": "a", "metadata": {}, "execution_count": None, "outputs": [], "source": source}
+    path.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [cell]}))
+    return path
+
+
+def test_notebooks_command_times_writes_and_judges(tmp_path, capsys):
+    ok = _tiny_notebook(tmp_path / "ok.ipynb", "x = 1")
+    bad = _tiny_notebook(tmp_path / "bad.ipynb", "raise ValueError('broken lesson')")
+    out = tmp_path / "nb"
+    assert main(["notebooks", str(ok), "--out", str(out)]) == 0                      # within the limit: 0
+    res = json.loads((out / "notebooks.json").read_text())
+    assert res["rows"][0]["notebook"] == "ok.ipynb" and res["rows"][0]["error"] is None and "| ok.ipynb |" in (out / "notebooks.md").read_text()
+    assert main(["notebooks", str(ok), str(bad), "--out", str(out)]) == 1           # a failing lesson: 1, its cell named
+    row = json.loads((out / "notebooks.json").read_text())["rows"][1]
+    assert row["error"].startswith("cell [0] `raise ValueError('broken lesson')`: ValueError: broken lesson")
+    assert main(["notebooks", str(ok), "--limit", "0.001", "--out", str(out)]) == 1  # over the limit: 1
+    assert main(["notebooks", str(tmp_path / "missing.ipynb"), "--out", str(out)]) == 2
+    assert "no such notebook" in capsys.readouterr().err

@@ -27,6 +27,15 @@ def test_paper_preset_is_the_official_protocol():
     assert all(rect_weight(cfg, t) == 1.0 for t in (0, 1001, 29_999))
 
 
+def test_colab_preset_is_the_paper_protocol_at_a_fifth_of_the_budget():
+    paper, colab = check_config(make_config("paper", root="ACDC")), check_config(make_config("colab", root="ACDC"))
+    assert run_schedule(colab) == {"refine_start": 200, "val_every": 40}
+    assert colab.iters * 5 == paper.iters and colab.fast
+    same = ("dataset", "labeled_patients", "img_size", "batch_size", "labeled_bs", "optimizer", "lr", "refine_lr", "consistency",
+            "schedule", "uncertain", "guidance", "rectify_train_mode", "ckpt_every")
+    assert all(getattr(colab, k) == getattr(paper, k) for k in same)
+
+
 def test_fixed_schedule_keeps_the_constants_and_old_configs_read_as_fixed():
     cfg = make_config(root="ACDC", iters=600, schedule="fixed")
     assert run_schedule(cfg) == {"refine_start": 1000, "val_every": 200}
