@@ -4,16 +4,16 @@
 
 # %% auto #0
 __all__ = ['SPEED_ROWS', 'SPLITS', 'PUBLISHED', 'DEMO_GOALS', 'DEMO_VARIANTS', 'peak_rss_mb', 'peak_memory_mb', 'time_iterations',
-           'speed_config', 'speed_one', 'speed_benchmark', 'speed_table', 'result_header', 'write_speed',
-           'benchmark_augment', 'benchmark_loader', 'benchmark_inference', 'benchmark_metrics', 'run_name',
-           'train_or_reuse', 'mean_std', 'summarise_runs', 'acdc_benchmark', 'acdc_table', 'label_efficiency',
-           'plot_label_efficiency', 'run_command', 'demo_benchmark', 'summarise_demo', 'demo_table', 'cell_seconds',
-           'time_notebook', 'notebooks_benchmark', 'notebooks_table', 'add_speed_command', 'add_acdc_command',
-           'add_demo_command', 'add_augment_command', 'add_inference_command', 'add_notebooks_command', 'bench_parser',
-           'main']
+           'speed_config', 'speed_one', 'speed_benchmark', 'speed_table', 'result_header', 'write_result',
+           'write_speed', 'benchmark_augment', 'benchmark_loader', 'benchmark_inference', 'benchmark_metrics',
+           'run_name', 'train_or_reuse', 'mean_std', 'summarise_runs', 'acdc_benchmark', 'acdc_table',
+           'label_efficiency', 'plot_label_efficiency', 'run_command', 'demo_benchmark', 'summarise_demo', 'demo_table',
+           'cell_seconds', 'time_notebook', 'notebooks_benchmark', 'notebooks_table', 'add_speed_command',
+           'add_acdc_command', 'add_demo_command', 'add_augment_command', 'add_inference_command',
+           'add_notebooks_command', 'bench_parser', 'main']
 
 # %% ../nbs/07_benchmark.ipynb #3e9b4848
-import argparse, importlib, json, os, shutil, subprocess, sys, time
+import argparse, importlib, itertools, json, os, shutil, subprocess, sys, time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
@@ -173,14 +173,19 @@ def result_header(result: dict) -> str:
     return f"{m.get('date', '?')} · {where} · torch {m.get('torch', '?')} · `{result.get('command', '?')}`"
 
 # %% ../nbs/07_benchmark.ipynb #bc99b6f1s2
-def write_speed(result: dict, out) -> Path:
-    "Write `speed_<device>_<size>.json` and `.md` into the folder `out`; returns the JSON path."
+def write_result(result: dict, out, stem: str, table: str) -> Path:
+    "Write `<stem>.json` (the result) and `<stem>.md` (its header line, then `table`) into `out`; the JSON path."
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"speed_{result['device_name'].split(':')[0]}_{result['settings']['img_size']}"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    (out / f"{stem}.md").write_text(f"{result_header(result)}\n\n{speed_table(result)}\n")
+    (out / f"{stem}.md").write_text(f"{result_header(result)}\n\n{table}\n")
     return out / f"{stem}.json"
+
+# %% ../nbs/07_benchmark.ipynb #bc99b6f1s3
+def write_speed(result: dict, out) -> Path:
+    "Write `speed_<device>_<size>.json` and `.md` into the folder `out`; returns the JSON path."
+    stem = f"speed_{result['device_name'].split(':')[0]}_{result['settings']['img_size']}"
+    return write_result(result, out, stem, speed_table(result))
 
 # %% ../nbs/07_benchmark.ipynb #benchaug
 def benchmark_augment(img_size: int = 256, batch_size: int = 24, n_iters: int = 20, device: str = "cpu",
@@ -201,13 +206,10 @@ def benchmark_loader(cases, img_size: int = 256, batch_size: int = 24, n_batches
     "Slices per second from h5 files to an augmented batch (read, resize, collate, augment) on the CPU."
     lab, unl = split_by_group(cases.names, max(1, len({patient_of(n) for n in cases.names}) // 2))
     loader = train_loader(cases, lab, unl, batch_size, batch_size // 2, (img_size, img_size), num_workers=num_workers)
-    aug, g, it = WeakStrongAugment(), torch.Generator().manual_seed(0), iter(loader)
+    aug, g = WeakStrongAugment(), torch.Generator().manual_seed(0)
+    batches = (raw for _ in itertools.count() for raw in loader)    # epoch after epoch, each freshly sampled
     def step(k):
-        nonlocal it
-        try: raw = next(it)
-        except StopIteration:
-            it = iter(loader)
-            raw = next(it)
+        raw = next(batches)
         aug(raw["image"], raw["label"], raw["labeled"], g)
     dt = sum(time_iterations(step, n_batches, 0, torch.device("cpu")))
     n = n_batches * batch_size
@@ -549,12 +551,9 @@ def time_notebook(path, timeout: int = 900, kernel: str = "python3") -> dict:
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name=kernel, resources={"metadata": {"path": str(path.parent)}})
-    saved, error = os.environ.pop("IN_TEST", None), None
-    t0 = time.perf_counter()
-    try: client.execute()
+    error, t0 = None, time.perf_counter()
+    try: client.execute(env={k: v for k, v in os.environ.items() if k != "IN_TEST"})   # the kernel's environment
     except Exception as e: error = _failed_cell(nb, e)
-    finally:
-        if saved is not None: os.environ["IN_TEST"] = saved
     cells = [{"index": i, "seconds": cell_seconds(c), "first_line": _first_line(c.source)}
              for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     return {"notebook": path.name, "seconds": time.perf_counter() - t0, "error": error, "cells": cells}
@@ -795,11 +794,8 @@ def _notebooks_command(a, command: str) -> int:
     missing = [str(p) for p in paths if not p.is_file()]
     if not paths or missing: raise DataError(f"no such notebook: {missing or 'nbs/[0-9]*.ipynb'}")
     res = {**notebooks_benchmark(paths, a.limit, a.timeout), "command": command}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "notebooks.json").write_text(json.dumps(res, indent=1))
-    (out / "notebooks.md").write_text(f"{result_header(res)}\n\n{notebooks_table(res)}\n")
-    print(f"{result_header(res)}\n\n{notebooks_table(res)}\n\nwrote {out / 'notebooks.md'}")
+    md = write_result(res, a.out, "notebooks", notebooks_table(res)).with_suffix(".md")
+    print(f"{md.read_text()}\nwrote {md}")
     return int(any(r["error"] or r["seconds"] > a.limit for r in res["rows"]))
 
 # %% ../nbs/07_benchmark.ipynb #e7ce66acs3

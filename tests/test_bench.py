@@ -152,3 +152,19 @@ def test_notebooks_command_times_writes_and_judges(tmp_path, capsys):
     assert main(["notebooks", str(ok), "--limit", "0.001", "--out", str(out)]) == 1  # over the limit: 1
     assert main(["notebooks", str(tmp_path / "missing.ipynb"), "--out", str(out)]) == 2
     assert "no such notebook" in capsys.readouterr().err
+
+
+def test_diffseg_bench_inference(synthetic_root, tmp_path, capsys):
+    "Timing evaluation is diffseg-bench's job (diffseg-eval only evaluates)."
+    out = tmp_path / "bench.json"
+    assert main(["inference", "--dataset", "synthetic", "--root", str(synthetic_root), "--img-size", "64", "--n-cases", "1", "--out", str(out)]) == 0
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+    assert [r["what"] for r in lines] == ["inference", "metrics"] and lines[0]["slices_per_s"] > 0
+    stored = json.loads(out.read_text())
+    assert stored["machine"]["cores"] >= 1 and stored["command"].startswith("diffseg-bench inference")
+
+
+def test_diffseg_bench_augment(synthetic_root, tmp_path, capsys):
+    assert main(["augment", "--img-size", "64", "--batch-size", "4", "--iters", "3", "--root", str(synthetic_root)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(lines[0])["slices_per_s"] > 0 and "loader+augment" in lines[-1] and "slices/s" in lines[-1]

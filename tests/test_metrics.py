@@ -137,21 +137,3 @@ def test_diffseg_eval_bad_input(argv, message, checkpoint, synthetic_root, tmp_p
     argv = [a.format(tmp=tmp_path, ckpt=checkpoint, ckpt3=ckpt3) for a in argv]
     assert main(argv + ["--dataset", "synthetic", "--root", str(synthetic_root)]) == 2
     assert message in capsys.readouterr().err
-
-
-def test_diffseg_bench_inference(synthetic_root, tmp_path, capsys):
-    "Timing evaluation is diffseg-bench's job (diffseg-eval only evaluates)."
-    from diffseg_edu.bench import main as bench_main
-    out = tmp_path / "bench.json"
-    assert bench_main(["inference", "--dataset", "synthetic", "--root", str(synthetic_root), "--img-size", "64", "--n-cases", "1", "--out", str(out)]) == 0
-    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
-    assert [r["what"] for r in lines] == ["inference", "metrics"] and lines[0]["slices_per_s"] > 0
-    stored = json.loads(out.read_text())
-    assert stored["machine"]["cores"] >= 1 and stored["command"].startswith("diffseg-bench inference")
-
-
-def test_diffseg_bench_augment(synthetic_root, tmp_path, capsys):
-    from diffseg_edu.bench import main as bench_main
-    assert bench_main(["augment", "--img-size", "64", "--batch-size", "4", "--iters", "3", "--root", str(synthetic_root)]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert json.loads(lines[0])["slices_per_s"] > 0 and "loader+augment" in lines[-1] and "slices/s" in lines[-1]
