@@ -10,22 +10,20 @@ __all__ = ['OFFICIAL_PALETTES', 'GUIDANCE_SCALE', 'OFFICIAL_ALPHA_BAR', 'farthes
            'optimiser_step', 'diffrect_iteration', 'corrupt_labels', 'denoising_trajectory']
 
 # %% ../nbs/04_label_diffusion.ipynb #5520c41c
-from dataclasses import dataclass, asdict
-from typing import Sequence
-
-from fastcore.basics import patch
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from dataclasses import dataclass, asdict
+from typing import Sequence
+from fastcore.basics import patch
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 
-from .data import IGNORE_INDEX, widgets_live
+from .core import widgets_live
+from .data import IGNORE_INDEX
+from .losses import (
+    as_background, ce_dice, class_argmax, complementary_loss, consistency_weight, pseudo_label, segmentation_losses)
 from .unet import check_input_size
-from .losses import (as_background, ce_dice, class_argmax, complementary_loss, consistency_weight,
-                                pseudo_label,
-                                segmentation_losses)
 
 # %% ../nbs/04_label_diffusion.ipynb #37c2f87c
 OFFICIAL_PALETTES = {2: [[0, 0, 0], [1, 1, 1]], 3: [[0, 0, 0], [1, 0, 0], [0, 1, 0]],

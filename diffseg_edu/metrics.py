@@ -6,25 +6,21 @@
 __all__ = ['METRICS', 'PAPER_EMPTY', 'POLICIES', 'N_CLASSES', 'MetricError', 'dice', 'jaccard', 'surface_distances', 'hd95',
            'asd', 'binary_metrics', 'multiclass_metrics', 'prepare_for_inference', 'amp_context', 'input_channels',
            'predict_volume', 'EvaluationViews', 'Evaluation', 'evaluate', 'plot_boxes', 'slice_dice', 'show_best_worst',
-           'eval_cases', 'eval_parser', 'main']
+           'eval_cases']
 
 # %% ../nbs/02_metrics.ipynb #138f2c82
-import argparse, json, time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Sequence
-
-from fastcore.basics import patch
-
-import numpy as np
+import time
 import torch
+import numpy as np
 import torch.nn as nn
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+from fastcore.basics import patch
 from scipy import ndimage
 
-from .data import (DATASETS, IGNORE_INDEX, DiffsegError, dataset_spec, device_of, guard_command,
-                              machine_description,
-                              output_file, overlay, positive_int, zoom_nearest)
-from .unet import ModelError, fuse_conv_bn, load_model
+from .data import DiffsegError, IGNORE_INDEX, overlay, zoom_nearest
+from .datasets import DATASETS, dataset_spec
+from .checkpoints import fuse_conv_bn
 
 # %% ../nbs/02_metrics.ipynb #2cde6327
 class MetricError(DiffsegError):
@@ -374,73 +370,3 @@ def eval_cases(dataset: str, root, split: str):
     """Labelled evaluation cases of `split`: 3-D volumes (ACDC, phantom) or annotated 2-D frames (MOSXAV, EndoScapes);
     see `DatasetSpec`."""
     return dataset_spec(dataset).eval_cases(root, split)
-
-# %% ../nbs/02_metrics.ipynb #189c5493s1
-def eval_parser() -> argparse.ArgumentParser:
-    "Argument parser of `diffseg-eval`."
-    p = argparse.ArgumentParser(prog="diffseg-eval",
-                                description="Evaluate a segmentation checkpoint with the paper protocol (timing: "
-                                            "diffseg-bench inference).")
-    p.add_argument("--ckpt", help="checkpoint (.pt) written by diffseg-train or save_checkpoint (required)")
-    p.add_argument("--dataset", choices=sorted(N_CLASSES), default="synthetic", help="the data set (default synthetic)")
-    p.add_argument("--root", help="data set root (synthetic, xa-synthetic: default the cached phantom)")
-    p.add_argument("--split", default="val",
-                   help="any split with a <split>.list in the root (frame data sets: train/val/test)")
-    p.add_argument("--out", help="write the results as JSON")
-    p.add_argument("--img-size", type=int, help="network input size (default: the checkpoint's img_size, else 256)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: CUDA when present)")
-    p.add_argument("--policy", choices=POLICIES,
-                   help="empty-mask policy (default: the data set's: paper for volumes, nan for frames)")
-    p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast inference to bfloat16 or float16")
-    p.add_argument("--no-fast", dest="fast", action="store_false",
-                   help="default layout, batch norm not folded (for comparison)")
-    return p
-
-# %% ../nbs/02_metrics.ipynb #1f9a1a03
-def _img_size(a, ckpt: dict) -> tuple:
-    """The network input: `--img-size`, else the checkpoint's `img_size`, else 256; a bad value is an error, never
-    replaced."""
-    given = a.img_size is not None
-    size = a.img_size if given else ckpt.get("img_size", 256)
-    pair = list(size) if isinstance(size, (list, tuple)) else [size, size]
-    valid = lambda s: isinstance(s, int) and not isinstance(s, bool) and s > 0 and s % 16 == 0
-    if len(pair) != 2 or not all(valid(s) for s in pair):
-        where = "--img-size" if given else f"{a.ckpt}: img_size"
-        raise MetricError(f"{where} {size!r}: expected a positive multiple of 16 (the U-Net's down-sampling), or "
-                          "[height, width] of them")
-    return tuple(pair)
-
-# %% ../nbs/02_metrics.ipynb #1f9a1a03s1
-def main(argv: Sequence = None) -> int:
-    "The `diffseg-eval` command; bad input exits with status 2 and a message naming the problem (`guard_command`)."
-    return guard_command("diffseg-eval", _eval, eval_parser().parse_args(argv))
-
-# %% ../nbs/02_metrics.ipynb #16c0c2b4s1
-def _write_evaluation(a, ev: Evaluation, root, size: tuple):
-    "The `--out` JSON of `diffseg-eval`: the evaluation, the settings that made it, the machine."
-    settings = {"ckpt": str(a.ckpt), "dataset": a.dataset, "root": str(root), "split": a.split,
-                "img_size": list(size), "amp": a.amp}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    result = {**ev.to_dict(), "settings": settings, "machine": machine_description()}
-    Path(a.out).write_text(json.dumps(result, indent=1))
-
-# %% ../nbs/02_metrics.ipynb #16c0c2b4r
-def _eval(a) -> int:
-    "Carry out one parsed `diffseg-eval` command."
-    if a.ckpt is None: raise ModelError("--ckpt is required (to time inference: diffseg-bench inference)")
-    if a.out: output_file(a.out)                                 # a bad --out fails before the evaluation, not after it
-    device = device_of(a.device) if a.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    spec = dataset_spec(a.dataset)
-    root = spec.root(a.root, f"--dataset {a.dataset}")
-    model, ckpt = load_model(a.ckpt)
-    size, cases, n_classes = _img_size(a, ckpt), eval_cases(a.dataset, root, a.split), N_CLASSES[a.dataset]
-    if getattr(model, "n_classes", n_classes) != n_classes:
-        raise ModelError(f"{a.ckpt}: the checkpoint predicts {model.n_classes} classes but {a.dataset} has {n_classes}")
-    ev = evaluate(model, cases, n_classes, size, a.batch_size, a.policy or spec.policy, amp=a.amp, device=device,
-                  class_names=spec.classes, fast=a.fast, group_of=spec.group_of)
-    print(f"{a.ckpt} on {a.dataset}/{a.split} ({len(cases)} cases, input {size[0]}×{size[1]}, {device})")
-    print(ev.table())
-    print(ev.summary())
-    if a.out: _write_evaluation(a, ev, root, size)
-    return 0

@@ -2,7 +2,7 @@
 import os, socket
 from pathlib import Path
 import pytest
-from diffseg_edu.data import write_synthetic
+from diffseg_edu.phantoms import write_synthetic
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -3,9 +3,11 @@ import json
 
 import pytest
 
-from diffseg_edu.bench import (DEMO_GOALS, PUBLISHED, SPEED_ROWS, acdc_table, demo_benchmark, demo_table, label_efficiency, main, run_name,
-                               speed_benchmark, speed_table, summarise_demo, summarise_runs, train_or_reuse, write_speed)
-from diffseg_edu.train import ConfigError, make_config, read_checkpoint, train
+from diffseg_edu.bench import DEMO_GOALS, PUBLISHED, SPEED_ROWS, acdc_table, demo_benchmark, demo_table, label_efficiency, run_name, speed_benchmark, speed_table, summarise_demo, summarise_runs, train_or_reuse, write_speed
+from diffseg_edu.cli import bench_main as main
+from diffseg_edu.train import ConfigError, train
+from diffseg_edu.config import make_config
+from diffseg_edu.checkpoints import read_checkpoint
 
 
 def test_speed_rows_ratio_and_files(tmp_path):
@@ -128,7 +130,7 @@ def test_demo_benchmark_times_the_command_in_a_child(tmp_path):
 def test_module_entry_point_reaches_every_command(tmp_path):
     "`python -m diffseg_edu.bench` runs main after every definition (a bad preset must reach demo_benchmark's check: exit 2)."
     import subprocess, sys
-    r = subprocess.run([sys.executable, "-m", "diffseg_edu.bench", "demo", "--preset", "nope", "--out", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "diffseg_edu.cli", "bench", "demo", "--preset", "nope", "--out", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "unknown preset 'nope'" in r.stderr, r.stderr[-2000:]
 

@@ -1,7 +1,7 @@
 "The diffseg-data command: info, synthetic, preview, download, and clear errors."
 import json, subprocess, sys
 import pytest
-from diffseg_edu.data import main
+from diffseg_edu.cli import data_main as main
 
 def run_cli(*args):
     "Run the installed console script."

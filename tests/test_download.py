@@ -2,7 +2,10 @@
 import hashlib, io, json, os, zipfile
 from pathlib import Path
 import gdown, pytest
-from diffseg_edu.data import COMPLETE, DataError, download, fetch_file, main, write_mosxav_sample, MOSXAVFrames, data_cache
+from diffseg_edu.datasets import COMPLETE, download, fetch_file, data_cache
+from diffseg_edu.data import DataError
+from diffseg_edu.cli import data_main as main
+from diffseg_edu.frames import write_mosxav_sample, MOSXAVFrames
 
 def zip_with(name: str, text: str) -> bytes:
     "A zip archive holding one member `name`."

@@ -3,13 +3,17 @@ import json, shutil
 import numpy as np, pytest, torch
 from PIL import Image, ImageEnhance
 from scipy import ndimage
-from diffseg_edu.data import (ENDOSCAPES_CLASSES, IGNORE_INDEX, DataError, EndoscapesFrames, WeakStrongAugment, check_label_map,
-                              dataset_info, dataset_spec, enhance, gaussian_blur, main as data_main, sequence_of, split_by_group,
-                              write_endoscapes_sample)
-from diffseg_edu.metrics import Evaluation, MetricError, main as eval_main, predict_volume
-from diffseg_edu.train import METHODS, make_config, train
-from diffseg_edu.bench import main as bench_main
-from diffseg_edu.unet import UNet, load_model
+from diffseg_edu.frames import ENDOSCAPES_CLASSES, EndoscapesFrames, check_label_map, sequence_of, write_endoscapes_sample
+from diffseg_edu.data import IGNORE_INDEX, DataError, WeakStrongAugment, enhance, gaussian_blur, split_by_group
+from diffseg_edu.datasets import dataset_info, dataset_spec
+from diffseg_edu.cli import data_main as data_main
+from diffseg_edu.metrics import Evaluation, MetricError, predict_volume
+from diffseg_edu.cli import eval_main as eval_main
+from diffseg_edu.config import METHODS, make_config
+from diffseg_edu.train import train
+from diffseg_edu.cli import bench_main as bench_main
+from diffseg_edu.unet import UNet
+from diffseg_edu.checkpoints import load_model
 
 @pytest.fixture(scope="module")
 def endo_root(tmp_path_factory):

@@ -5,11 +5,17 @@ from pathlib import Path
 
 import h5py, numpy as np, pytest, torch
 
-from diffseg_edu.data import (DataError, FolderBusy, MOSXAVFrames, dataset_info, download, folder_lock, main as data_main, read_h5,
-                              write_mosxav_sample)
-from diffseg_edu.metrics import main as eval_main
-from diffseg_edu.train import ConfigError, TrainConfig, main as train_main, make_config, read_checkpoint, same_config, train
-from diffseg_edu.unet import UNet, save_checkpoint
+from diffseg_edu.data import DataError, FolderBusy, folder_lock, read_h5
+from diffseg_edu.frames import MOSXAVFrames, write_mosxav_sample
+from diffseg_edu.datasets import dataset_info, download
+from diffseg_edu.cli import data_main as data_main
+from diffseg_edu.cli import eval_main as eval_main
+from diffseg_edu.train import ConfigError, TrainConfig, train
+from diffseg_edu.cli import train_main as train_main
+from diffseg_edu.config import make_config, same_config
+from diffseg_edu.checkpoints import read_checkpoint
+from diffseg_edu.unet import UNet
+from diffseg_edu.checkpoints import save_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -43,7 +49,7 @@ def test_second_training_into_a_held_folder_exits_2(synthetic_root, tmp_path, ca
 
 def test_two_real_trainings_and_ctrl_c(synthetic_root, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "diffseg_edu.train", *smoke(synthetic_root, out, "--iters", "5000", "--val-every", "1000")]
+    cmd = [sys.executable, "-m", "diffseg_edu.cli", "train", *smoke(synthetic_root, out, "--iters", "5000", "--val-every", "1000")]
     first = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=ENV)
     t0 = time.time()
     while not (out / "last.pt").exists() and time.time() - t0 < 120:

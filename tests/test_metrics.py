@@ -5,9 +5,10 @@ import pytest
 import torch
 from scipy import ndimage
 from diffseg_edu.data import H5Volumes
-from diffseg_edu.metrics import (PAPER_EMPTY, Evaluation, MetricError, asd, binary_metrics, dice, evaluate, hd95, jaccard,
-                                 main, multiclass_metrics, predict_volume)
-from diffseg_edu.unet import UNet, save_checkpoint
+from diffseg_edu.metrics import PAPER_EMPTY, Evaluation, MetricError, asd, binary_metrics, dice, evaluate, hd95, jaccard, multiclass_metrics, predict_volume
+from diffseg_edu.cli import eval_main as main
+from diffseg_edu.unet import UNet
+from diffseg_edu.checkpoints import save_checkpoint
 
 medpy = pytest.importorskip("medpy.metric.binary")
 
@@ -117,7 +118,7 @@ def test_diffseg_eval_round_trip(checkpoint, synthetic_root, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "LV" in printed and "Dice" in printed and "input 64×64" in printed
     res = json.loads(out.read_text())
-    from diffseg_edu.unet import load_model
+    from diffseg_edu.checkpoints import load_model
     model, _ = load_model(checkpoint)
     ev = evaluate(model, H5Volumes(synthetic_root, "val"), 4, patch_size=(64, 64))
     assert res["mean"]["dice"] == pytest.approx(ev.mean()["dice"], abs=1e-12)

@@ -1,7 +1,9 @@
 "The MOSXAV reader on small trees generated in the published layout."
 import numpy as np, pytest
 from PIL import Image
-from diffseg_edu.data import DataError, MOSXAVFrames, IGNORE_INDEX, split_by_group, sequence_of, write_mosxav_sample, dataset_info
+from diffseg_edu.data import DataError, IGNORE_INDEX, split_by_group
+from diffseg_edu.frames import MOSXAVFrames, sequence_of, write_mosxav_sample
+from diffseg_edu.datasets import dataset_info
 
 @pytest.fixture
 def tree(tmp_path):
@@ -60,7 +62,8 @@ def test_info(tree):
 @pytest.mark.parametrize("method", ["supervised", "fixmatch", "diffrect", "diffrect_proto"])
 def test_every_method_trains_on_mosxav(tree, tmp_path, method):
     "`--dataset mosxav` on a tree in the published layout: 5 classes, 'Others' in the test masks ignored, averaged per sequence."
-    from diffseg_edu.train import make_config, train
+    from diffseg_edu.config import make_config
+    from diffseg_edu.train import train
     cfg = make_config("smoke", method=method, dataset="mosxav", root=str(tree), labeled_patients=2, img_size=32)
     summary = train(cfg, tmp_path / method, progress=False)
     test = summary["metrics"]["test"]

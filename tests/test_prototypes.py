@@ -8,11 +8,10 @@ import torch.nn.functional as F
 
 from diffseg_edu.data import IGNORE_INDEX
 from diffseg_edu.diffusion import RefineNet, diffrect_iteration, stage_strong_to_weak, stage_weak_to_gt
-from diffseg_edu.prototypes import (NoiseStudyConfig, PrototypeConfig, PrototypeContrast, PrototypeError, PrototypeMemory,
-                                    label_dice, masked_average, noise_study, noisy_labels, prototype_consistency,
-                                    prototype_nce, soft_masks, summarise_study)
+from diffseg_edu.noise import NoiseStudyConfig, noise_study, summarise_study
+from diffseg_edu.prototypes import PrototypeConfig, PrototypeContrast, PrototypeError, PrototypeMemory, label_dice, masked_average, noisy_labels, prototype_consistency, prototype_nce, soft_masks
 from diffseg_edu.unet import UNet
-from diffseg_edu.bench import main as bench_main
+from diffseg_edu.cli import bench_main as bench_main
 
 
 def test_soft_masks_fractions_and_ignore():

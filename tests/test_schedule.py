@@ -6,8 +6,9 @@ import torch
 
 from diffseg_edu.diffusion import diffrect_iteration
 from diffseg_edu.losses import consistency_weight
-from diffseg_edu.train import (ConfigError, TrainData, build_models, check_config, fast_settings, learning_rates, main, make_config, rect_weight,
-                               run_schedule, same_config, train, unsup_weight)
+from diffseg_edu.train import ConfigError, TrainData, build_models, check_config, fast_settings, learning_rates, rect_weight, run_schedule, train, unsup_weight
+from diffseg_edu.cli import train_main as main
+from diffseg_edu.config import make_config, same_config
 
 
 def test_scaled_ramp_is_the_official_one_at_30000_iterations():
@@ -103,7 +104,8 @@ OTHER = {"rect_ramp": True, "refine_lr": 0.5, "refine_poly": True, "refine_start
 def test_settings_a_baseline_never_reads(synthetic_root, tmp_path, method):
     "Changing every setting in UNREAD[method] leaves the run bit for bit the same, and same_config calls it the same run."
     from dataclasses import replace
-    from diffseg_edu.train import UNREAD, same_config, read_checkpoint
+    from diffseg_edu.config import UNREAD, same_config
+    from diffseg_edu.checkpoints import read_checkpoint
     base = make_config("smoke", method=method, root=str(synthetic_root), iters=4)
     other = replace(base, **{k: OTHER[k] for k in UNREAD[method]})
     for cfg, name in ((base, "a"), (other, "b")): train(cfg, tmp_path / name, progress=False)

@@ -1,7 +1,7 @@
 "Labelled/unlabelled split by patient, the two-stream sampler, and the phantom's determinism."
 import h5py, numpy as np, pytest
-from diffseg_edu.data import (DataError, H5Slices, H5Volumes, TwoStreamBatchSampler, patients_to_slices,
-                              split_by_group, patient_of, write_synthetic, train_loader)
+from diffseg_edu.data import DataError, H5Slices, H5Volumes, TwoStreamBatchSampler, patients_to_slices, split_by_group, patient_of, train_loader
+from diffseg_edu.phantoms import write_synthetic
 
 def test_acdc_counts(acdc_root):
     names = H5Slices(acdc_root).names

@@ -8,8 +8,11 @@ import torch
 import diffseg_edu.train as tr
 import diffseg_edu.unet as unet
 from diffseg_edu.data import DataError
-from diffseg_edu.metrics import main as eval_main
-from diffseg_edu.train import METHODS, ConfigError, check_config, learning_rates, main, make_config, read_checkpoint, train
+from diffseg_edu.cli import eval_main as eval_main
+from diffseg_edu.config import METHODS, make_config
+from diffseg_edu.train import ConfigError, check_config, learning_rates, train
+from diffseg_edu.cli import train_main as main
+from diffseg_edu.checkpoints import read_checkpoint
 
 
 def _cfg(root, **kw):
@@ -191,7 +194,7 @@ def test_two_processes_train_in_sync_and_resume_needs_the_same_count(synthetic_r
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",   # `accelerate launch`
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "diffseg_edu.train", "--preset", "smoke", "--method", "diffrect_proto", "--root", str(synthetic_root), "--iters", "6",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "diffseg_edu.cli", "train", "--preset", "smoke", "--method", "diffrect_proto", "--root", str(synthetic_root), "--iters", "6",
            "--out", str(out), "--quiet"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -4,8 +4,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from diffseg_edu.unet import (ModelError, UNet, build_model, dice_loss, fit_supervised, fuse_conv_bn, load_model,
-                              n_params, official_keys, save_checkpoint)
+from diffseg_edu.checkpoints import ModelError, build_model, fuse_conv_bn, load_model, save_checkpoint
+from diffseg_edu.unet import UNet, dice_loss, fit_supervised, n_params, official_keys
 from diffseg_edu.data import H5Slices
 
 

@@ -6,11 +6,14 @@ from pathlib import Path
 import numpy as np, pytest, torch
 from PIL import Image
 
-from diffseg_edu.data import (DATASETS, IGNORE_INDEX, DataError, MOSXAVFrames, dataset_spec, write_mosxav_sample,
-                              write_xa_synthetic)
+from diffseg_edu.datasets import DATASETS, dataset_spec
+from diffseg_edu.data import IGNORE_INDEX, DataError
+from diffseg_edu.frames import MOSXAVFrames, write_mosxav_sample
+from diffseg_edu.phantoms import write_xa_synthetic
 from diffseg_edu.metrics import evaluate, multiclass_metrics
 from diffseg_edu.losses import segmentation_losses
-from diffseg_edu.train import METHODS, make_config, train
+from diffseg_edu.config import METHODS, make_config
+from diffseg_edu.train import train
 from diffseg_edu.unet import supervised_loss
 
 def tree_digest(root: Path) -> str:
@@ -90,14 +93,14 @@ def test_colour_frame_is_refused(tmp_path):
     assert MOSXAVFrames(root, "train").read(1, with_label=False)["image"].shape == (32, 32)
 
 def test_sequences_read_as_volumes(xa_root):
-    from diffseg_edu.data import SequenceVolumes
+    from diffseg_edu.frames import SequenceVolumes
     seqs = SequenceVolumes(MOSXAVFrames(xa_root, "train"))
     v = seqs.read(1)
     assert len(seqs) == 3 and v["name"] == "v01" and v["image"].shape == v["label"].shape == (10, 64, 64)
     assert (v["label"][1] == IGNORE_INDEX).all() and (v["label"][5] != IGNORE_INDEX).all()   # frames 0 and 5 are annotated
 
 def test_noise_study_on_frames(xa_root):
-    from diffseg_edu.prototypes import NoiseStudyConfig, noise_study, paired_difference, study_table
+    from diffseg_edu.noise import NoiseStudyConfig, noise_study, paired_difference, study_table
     cfg = NoiseStudyConfig(dataset="xa-synthetic", root=str(xa_root), levels=(0.3,), seeds=(0, 1), steps=2, img_size=32, n_eval=4, workers=1)
     res = noise_study(cfg, progress=False)
     assert cfg.n_classes == 5 and len(res["runs"]) == 4 and res["n_train_slices"] == 6 and res["n_eval_slices"] == 2
