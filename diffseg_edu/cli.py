@@ -8,7 +8,7 @@ __all__ = ['NUMBER_OPTIONS', 'PYTHON_WORDS', 'COMMANDS', 'add_info_and_synthetic
            'train_main', 'add_speed_command', 'add_acdc_command', 'add_demo_command', 'add_augment_command',
            'add_inference_command', 'add_notebooks_command', 'bench_parser', 'bench_main', 'module_main']
 
-# %% ../nbs/reference/cli.ipynb #b5d5469f
+# %% ../nbs/reference/cli.ipynb #d3171da4
 import argparse, json, sys
 import torch
 import numpy as np
@@ -525,7 +525,7 @@ def bench_main(argv: Sequence = None) -> int:
 
 
 
-# %% ../nbs/reference/cli.ipynb #701cf809
+# %% ../nbs/reference/cli.ipynb #92860494
 COMMANDS = {"data": data_main, "eval": eval_main, "train": train_main, "bench": bench_main}
 
 def module_main(argv: Sequence = None) -> int:

@@ -6,7 +6,7 @@
 __all__ = ['NoiseStudyConfig', 'study_data', 'study_run', 'summarise_study', 'noise_study', 'paired_difference', 'study_table',
            'plot_study', 'write_study']
 
-# %% ../nbs/reference/noise.ipynb #d3f4fc4e
+# %% ../nbs/reference/noise.ipynb #c706cf9f
 import json, os, sys, time
 import torch
 import numpy as np

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import diffseg_edu.train as tr
-import diffseg_edu.unet as unet
+import diffseg_edu.checkpoints as checkpoints
+import diffseg_edu.config as config
+from diffseg_edu.unet import UNet
 from diffseg_edu.data import DataError
 from diffseg_edu.cli import eval_main as eval_main
 from diffseg_edu.config import METHODS, make_config
@@ -35,7 +37,7 @@ def test_each_method_runs_smoke(synthetic_root, tmp_path, method):
 
 def _cli(root, out, *extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return [sys.executable, "-c", "import torch; torch.set_num_threads(1); from diffseg_edu.train import main; raise SystemExit(main())",
+    return [sys.executable, "-c", "import torch; torch.set_num_threads(1); from diffseg_edu.cli import train_main; raise SystemExit(train_main())",
             "--preset", "smoke", "--method", "diffrect", "--root", str(root), "--iters", "12", "--ckpt-every", "2", "--val-every", "4",
             "--out", str(out), "--quiet", *extra], env
 
@@ -73,10 +75,10 @@ def test_interrupted_checkpoint_write_keeps_the_previous(synthetic_root, tmp_pat
     real_save = torch.save
     def crash(obj, f, *a, **k):
         f.write(b"partial bytes"); raise OSError("disk full (simulated)")
-    monkeypatch.setattr(unet.torch, "save", crash)
+    monkeypatch.setattr(checkpoints.torch, "save", crash)
     with pytest.raises(OSError, match="simulated"):
-        unet.save_checkpoint(out / "last.pt", unet.UNet(), iteration=99)
-    monkeypatch.setattr(unet.torch, "save", real_save)
+        checkpoints.save_checkpoint(out / "last.pt", UNet(), iteration=99)
+    monkeypatch.setattr(checkpoints.torch, "save", real_save)
     after = read_checkpoint(out / "last.pt")
     assert after["iteration"] == before["iteration"] == 2
     assert all(torch.equal(after["state_dict"][k], before["state_dict"][k]) for k in before["state_dict"])
@@ -126,8 +128,8 @@ def test_rectifier_overrides_and_config_compatibility(synthetic_root, tmp_path):
     assert ckpt["refine"]["encoder.in_conv.conv0.0.weight"].shape[0] == 8                   # the slim rectifier was trained and saved
     assert sum(v.numel() for v in ckpt["refine"].values()) < sum(p.numel() for p in tr.RefineNet(n_classes=4).parameters()) / 2
     stored = {k: v for k, v in asdict(cfg).items() if k != "refine"}           # a config saved before the setting existed
-    assert tr.same_config(stored, make_config(**{**stored}))                    # …describes the default (official) rectifier
-    assert not tr.same_config(stored, cfg) and not tr.same_config({**stored, "gone": 1}, cfg)
+    assert config.same_config(stored, make_config(**{**stored}))                    # …describes the default (official) rectifier
+    assert not config.same_config(stored, cfg) and not config.same_config({**stored, "gone": 1}, cfg)
 
 
 def test_resume_guards(synthetic_root, tmp_path):
@@ -212,8 +214,8 @@ def test_augment_overrides_and_the_set_flag(synthetic_root, tmp_path, capsys):
         check_config(make_config("smoke", augment={"p_spin": 1}))
     with pytest.raises(ConfigError, match="p_flip=1.5"):
         check_config(make_config("smoke", augment={"p_flip": 1.5}))
-    assert tr.augment_config(make_config("demo")) == AugmentConfig(p_flip=0.0, p_rotate=0.0)     # the demo's only augmentation change
-    assert all(tr.augment_config(make_config(p, root="x")) == AugmentConfig() for p in ("smoke", "cpu", "paper"))
+    assert config.augment_config(make_config("demo")) == AugmentConfig(p_flip=0.0, p_rotate=0.0)     # the demo's only augmentation change
+    assert all(config.augment_config(make_config(p, root="x")) == AugmentConfig() for p in ("smoke", "cpu", "paper"))
     # the switch reaches the batches: with no flips or rotations the labelled rows keep their resized labels
     data = tr.TrainData(_cfg(synthetic_root, augment={"p_flip": 0, "p_rotate": 0}))
     batch, rows = data.batch(0, torch.device("cpu")), [data.slices[i] for i in data.sampler.batch(0)]
