@@ -10,7 +10,7 @@ __all__ = ['SPEED_ROWS', 'SPLITS', 'PUBLISHED', 'DEMO_GOALS', 'DEMO_VARIANTS', '
            'label_efficiency', 'plot_label_efficiency', 'run_command', 'demo_benchmark', 'summarise_demo', 'demo_table',
            'cell_seconds', 'time_notebook', 'notebooks_benchmark', 'notebooks_table']
 
-# %% ../nbs/reference/bench.ipynb #a778dec1
+# %% ../nbs/reference/bench.ipynb #6613ba87
 import importlib, itertools, json, os, shutil, subprocess, sys, time
 import torch
 import numpy as np
@@ -541,9 +541,10 @@ def _failed_cell(nb, e: Exception) -> str:
     return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1][:200]}"
 
 # %% ../nbs/reference/bench.ipynb #nbtime
-def time_notebook(path, timeout: int = 900, kernel: str = "python3") -> dict:
+def time_notebook(path, timeout: int = 900, kernel: str = "python3", store: bool = False) -> dict:
     """Run notebook `path` top to bottom in a fresh kernel in its own folder, at its default size (`IN_TEST` unset);
-    `{notebook, seconds, error, cells}` with every code cell's seconds. The notebook file is not changed."""
+    `{notebook, seconds, error, cells}` with every code cell's seconds. The file is changed only with `store=True` and
+    a run without error: then it keeps the new outputs."""
     import nbformat
     from nbclient import NotebookClient
     path = Path(path)
@@ -554,14 +555,15 @@ def time_notebook(path, timeout: int = 900, kernel: str = "python3") -> dict:
     except Exception as e: error = _failed_cell(nb, e)
     cells = [{"index": i, "seconds": cell_seconds(c), "first_line": _first_line(c.source)}
              for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    if store and error is None: nbformat.write(nb, path)
     return {"notebook": path.name, "seconds": time.perf_counter() - t0, "error": error, "cells": cells}
 
 # %% ../nbs/reference/bench.ipynb #nbbench
-def notebooks_benchmark(paths: Sequence, limit: float = 120, timeout: int = 900) -> dict:
+def notebooks_benchmark(paths: Sequence, limit: float = 120, timeout: int = 900, store: bool = False) -> dict:
     "`time_notebook` of each of `paths`, one after the other; settings, machine and the rows, each against `limit` s."
     t0, rows = time.perf_counter(), []
     for p in paths:
-        rows.append(time_notebook(p, timeout))
+        rows.append(time_notebook(p, timeout, store=store))
         r = rows[-1]
         print(f"{r['notebook']}: {r['seconds']:.0f} s" + (f" — {r['error']}" if r["error"] else ""), file=sys.stderr)
     settings = {"limit_s": limit, "timeout_s": timeout, "acdc": os.environ.get("DIFFSEG_ACDC")}

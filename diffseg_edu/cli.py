@@ -8,7 +8,7 @@ __all__ = ['NUMBER_OPTIONS', 'PYTHON_WORDS', 'COMMANDS', 'add_info_and_synthetic
            'train_main', 'add_speed_command', 'add_acdc_command', 'add_demo_command', 'add_augment_command',
            'add_inference_command', 'add_notebooks_command', 'bench_parser', 'bench_main', 'module_main']
 
-# %% ../nbs/reference/cli.ipynb #d3171da4
+# %% ../nbs/reference/cli.ipynb #acc01252
 import argparse, json, sys
 import torch
 import numpy as np
@@ -387,10 +387,11 @@ def add_inference_command(sub):
 def add_notebooks_command(sub):
     "The `notebooks` subcommand of `diffseg-bench`: how long each lesson takes to run top to bottom."
     n = sub.add_parser("notebooks", help="run each notebook top to bottom, one at a time, and time it and its cells")
-    n.add_argument("notebooks", nargs="*", help="notebook files (default: every numbered notebook in nbs/)")
+    n.add_argument("notebooks", nargs="*", help="notebook files (default: every lesson, nbs/NN_*.ipynb; name a reference notebook to run it)")
     n.add_argument("--limit", type=float, default=120, help="seconds a notebook may take (default 120)")
     n.add_argument("--timeout", type=positive_int, default=900, help="seconds a single cell may take (default 900)")
     n.add_argument("--out", default="results/notebooks", help="results folder (default results/notebooks)")
+    n.add_argument("--store", action="store_true", help="write each notebook's new outputs back into it (after a clean run)")
 
 # %% ../nbs/reference/cli.ipynb #benchp3
 def bench_parser() -> argparse.ArgumentParser:
@@ -505,7 +506,7 @@ def _notebooks_command(a, command: str) -> int:
     paths = [Path(p) for p in a.notebooks] or sorted(Path("nbs").glob("[0-9]*.ipynb"))
     missing = [str(p) for p in paths if not p.is_file()]
     if not paths or missing: raise DataError(f"no such notebook: {missing or 'nbs/[0-9]*.ipynb'}")
-    res = {**notebooks_benchmark(paths, a.limit, a.timeout), "command": command}
+    res = {**notebooks_benchmark(paths, a.limit, a.timeout, a.store), "command": command}
     md = write_result(res, a.out, "notebooks", notebooks_table(res)).with_suffix(".md")
     print(f"{md.read_text()}\nwrote {md}")
     return int(any(r["error"] or r["seconds"] > a.limit for r in res["rows"]))
@@ -525,7 +526,7 @@ def bench_main(argv: Sequence = None) -> int:
 
 
 
-# %% ../nbs/reference/cli.ipynb #92860494
+# %% ../nbs/reference/cli.ipynb #3e3d1313
 COMMANDS = {"data": data_main, "eval": eval_main, "train": train_main, "bench": bench_main}
 
 def module_main(argv: Sequence = None) -> int:
