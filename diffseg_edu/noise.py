@@ -6,7 +6,7 @@
 __all__ = ['NoiseStudyConfig', 'study_data', 'study_run', 'summarise_study', 'noise_study', 'paired_difference', 'study_table',
            'plot_study', 'write_study']
 
-# %% ../nbs/reference/noise.ipynb #fc9de08b
+# %% ../nbs/reference/noise.ipynb #630c2d3d
 import json, os, sys, time
 import torch
 import numpy as np
