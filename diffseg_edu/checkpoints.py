@@ -6,7 +6,7 @@
 __all__ = ['MODELS', 'fuse_conv_bn', 'ModelError', 'model_spec', 'build_model', 'previous_of', 'save_checkpoint',
            'read_checkpoint', 'load_model']
 
-# %% ../nbs/reference/checkpoints.ipynb #bcf4bda9
+# %% ../nbs/reference/checkpoints.ipynb #083a398d
 import copy, errno, os, shutil
 import torch
 import torch.nn as nn

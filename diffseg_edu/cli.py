@@ -8,7 +8,7 @@ __all__ = ['NUMBER_OPTIONS', 'PYTHON_WORDS', 'COMMANDS', 'add_info_and_synthetic
            'train_main', 'add_speed_command', 'add_acdc_command', 'add_demo_command', 'add_augment_command',
            'add_inference_command', 'add_notebooks_command', 'bench_parser', 'bench_main', 'module_main']
 
-# %% ../nbs/reference/cli.ipynb #73403c65
+# %% ../nbs/reference/cli.ipynb #890429f6
 import argparse, json, sys
 import torch
 import numpy as np
@@ -387,7 +387,7 @@ def add_inference_command(sub):
 def add_notebooks_command(sub):
     "The `notebooks` subcommand of `diffseg-bench`: how long each lesson takes to run top to bottom."
     n = sub.add_parser("notebooks", help="run each notebook top to bottom, one at a time, and time it and its cells")
-    n.add_argument("notebooks", nargs="*", 
+    n.add_argument("notebooks", nargs="*",
                    help="notebook files (default: every lesson, nbs/NN_*.ipynb; name a reference notebook to run it)")
     n.add_argument("--limit", type=float, default=120, help="seconds a notebook may take (default 120)")
     n.add_argument("--timeout", type=positive_int, default=900, help="seconds a single cell may take (default 900)")
@@ -527,7 +527,7 @@ def bench_main(argv: Sequence = None) -> int:
 
 
 
-# %% ../nbs/reference/cli.ipynb #b85e3769
+# %% ../nbs/reference/cli.ipynb #66f0d40f
 COMMANDS = {"data": data_main, "eval": eval_main, "train": train_main, "bench": bench_main}
 
 def module_main(argv: Sequence = None) -> int:

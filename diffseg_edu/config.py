@@ -7,7 +7,7 @@ __all__ = ['METHODS', 'SETTING_RULES', 'PRESETS', 'LEGACY', 'UNREAD', 'ConfigErr
            'MethodSwitches', 'RunSettings', 'TrainConfig', 'check_settings', 'make_config', 'refine_config',
            'augment_config', 'same_config', 'check_config', 'bf16_native', 'fast_settings']
 
-# %% ../nbs/reference/config.ipynb #3b483ada
+# %% ../nbs/reference/config.ipynb #cdf95435
 import copy, math
 import torch
 from dataclasses import dataclass, asdict, field, fields

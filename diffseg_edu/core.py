@@ -6,7 +6,7 @@
 __all__ = ['DiffsegError', 'DataError', 'FolderBusy', 'folder_lock', 'write_once', 'widgets_live', 'os_message', 'guard_command',
            'sha256_hex', 'positive_int', 'device_of', 'pick_device', 'output_file', 'machine_description']
 
-# %% ../nbs/reference/core.ipynb #0d22c094
+# %% ../nbs/reference/core.ipynb #804a266e
 import argparse, contextlib, json, os, platform, re, sys, time
 import torch
 from pathlib import Path
@@ -17,7 +17,7 @@ class DiffsegError(ValueError):
     """Base of the package's own errors (bad data, settings, checkpoints); every command prints the message and exits
     with status 2."""
 
-# %% ../nbs/reference/core.ipynb #f07937f8
+# %% ../nbs/reference/core.ipynb #f4941cdf
 class DataError(DiffsegError):
     "A data file or list is missing, unreadable or inconsistent; the message names the file and the problem."
 

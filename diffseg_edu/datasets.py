@@ -7,7 +7,7 @@ __all__ = ['REGISTRY', 'COMPLETE', 'FRAME_READERS', 'DATASETS', 'Source', 'data_
            'finish_unpacked', 'download', 'default_synthetic_root', 'default_xa_root', 'AnnotatedFrames', 'DatasetSpec',
            'dataset_spec', 'open_cases', 'dataset_info']
 
-# %% ../nbs/reference/datasets.ipynb #b9df938a
+# %% ../nbs/reference/datasets.ipynb #fb23d910
 import hashlib, json, os, re, shutil, tarfile, time, zipfile
 import numpy as np
 from dataclasses import dataclass

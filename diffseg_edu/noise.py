@@ -6,7 +6,7 @@
 __all__ = ['NoiseStudyConfig', 'study_data', 'study_run', 'summarise_study', 'noise_study', 'paired_difference', 'study_table',
            'plot_study', 'write_study']
 
-# %% ../nbs/reference/noise.ipynb #630c2d3d
+# %% ../nbs/reference/noise.ipynb #dd73cb50
 import json, os, sys, time
 import torch
 import numpy as np
