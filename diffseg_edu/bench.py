@@ -10,7 +10,7 @@ __all__ = ['SPEED_ROWS', 'SPLITS', 'PUBLISHED', 'DEMO_GOALS', 'DEMO_VARIANTS', '
            'label_efficiency', 'plot_label_efficiency', 'run_command', 'demo_benchmark', 'summarise_demo', 'demo_table',
            'cell_seconds', 'time_notebook', 'notebooks_benchmark', 'notebooks_table']
 
-# %% ../nbs/reference/bench.ipynb #06c45a73
+# %% ../nbs/reference/bench.ipynb #b4768e99
 import importlib, itertools, json, os, shutil, subprocess, sys, time
 import torch
 import numpy as np

@@ -6,7 +6,7 @@
 __all__ = ['MODELS', 'fuse_conv_bn', 'ModelError', 'model_spec', 'build_model', 'previous_of', 'save_checkpoint',
            'read_checkpoint', 'load_model']
 
-# %% ../nbs/reference/checkpoints.ipynb #083a398d
+# %% ../nbs/reference/checkpoints.ipynb #ad3db1a2
 import copy, errno, os, shutil
 import torch
 import torch.nn as nn

@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['NUMBER_OPTIONS', 'PYTHON_WORDS', 'COMMANDS', 'add_info_and_synthetic', 'add_preview_and_download', 'data_parser',
-           'data_main', 'eval_parser', 'eval_main', 'add_noise_command', 'noise_command', 'train_parser', 'parse_sets',
-           'train_main', 'add_speed_command', 'add_acdc_command', 'add_demo_command', 'add_augment_command',
+           'data_main', 'eval_parser', 'eval_main', 'train_parser', 'parse_sets', 'train_main', 'add_noise_command',
+           'noise_command', 'add_speed_command', 'add_acdc_command', 'add_demo_command', 'add_augment_command',
            'add_inference_command', 'add_notebooks_command', 'bench_parser', 'bench_main', 'module_main']
 
-# %% ../nbs/reference/cli.ipynb #890429f6
+# %% ../nbs/reference/cli.ipynb #0153cbec
 import argparse, json, sys
 import torch
 import numpy as np
@@ -177,43 +177,6 @@ def _eval(a) -> int:
     if a.out: _write_evaluation(a, ev, root, size)
     return 0
 
-# %% ../nbs/reference/cli.ipynb #0739e3ab
-def add_noise_command(sub) -> argparse.ArgumentParser:
-    "Add the `noise` subcommand to the subparsers `sub` of `diffseg-bench` (notebook 07)."
-    n = sub.add_parser("noise",
-                       help="robustness of the rectifier to pseudo-label noise, with and without the prototype term")
-    d = NoiseStudyConfig()
-    n.add_argument("--dataset", default=d.dataset, choices=sorted(DATASETS), help=f"the data set (default {d.dataset})")
-    n.add_argument("--root", help="data folder (default: the data set's phantom in the data cache)")
-    n.add_argument("--out", default="results/noise", help="output folder for noise.json, noise.md, noise.png")
-    n.add_argument("--levels", type=float, nargs="+", default=list(d.levels), help="noise levels in [0, 1]")
-    n.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds),
-                   help="seeds: one paired run per level and seed")
-    what = {"steps": "training steps of each rectifier", "img_size": "square input size",
-            "batch_size": "images per step",
-            "n_eval": "held-out slices or frames scored", "workers": "runs at a time (processes)"}
-    for name, text in what.items():
-        n.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name),
-                       help=f"{text} (default {getattr(d, name)})")
-    n.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
-    n.add_argument("--beta", type=float, default=d.beta, help=f"weight β of the prototype term (default {d.beta})")
-    return n
-
-# %% ../nbs/reference/cli.ipynb #0739e3abs1
-def noise_command(a: argparse.Namespace) -> int:
-    """`diffseg-bench noise`: run the study from parsed arguments and write its result files (errors: `guard_command` in
-    `main`)."""
-    # a data set without an embedded phantom needs --root: say so now
-    dataset_spec(a.dataset).root(a.root, f"--dataset {a.dataset}")
-    cfg = NoiseStudyConfig(dataset=a.dataset, root=a.root, levels=tuple(a.levels), seeds=tuple(a.seeds), steps=a.steps,
-                           img_size=a.img_size,
-                           batch_size=a.batch_size, lr=a.lr, beta=a.beta, n_eval=a.n_eval, workers=a.workers)
-    result = noise_study(cfg)
-    out = write_study(result, a.out)
-    print(study_table(result))
-    print(f"\n{len(result['runs'])} runs in {result['wall_s']:.0f} s; wrote {out}/noise.json, noise.md, noise.png")
-    return 0
-
 # %% ../nbs/reference/cli.ipynb #f74f5440
 NUMBER_OPTIONS = {"labeled_patients": int, "iters": int, "img_size": int, "batch_size": int, "labeled_bs": int,
                   "seed": int, "val_every": int, "ckpt_every": int, "n_val": int, "lr": float, "refine_lr": float,
@@ -293,6 +256,43 @@ def _train_command(a: argparse.Namespace) -> int:
     return 0
 
 
+
+# %% ../nbs/reference/cli.ipynb #0739e3ab
+def add_noise_command(sub) -> argparse.ArgumentParser:
+    "Add the `noise` subcommand to the subparsers `sub` of `diffseg-bench`."
+    n = sub.add_parser("noise",
+                       help="robustness of the rectifier to pseudo-label noise, with and without the prototype term")
+    d = NoiseStudyConfig()
+    n.add_argument("--dataset", default=d.dataset, choices=sorted(DATASETS), help=f"the data set (default {d.dataset})")
+    n.add_argument("--root", help="data folder (default: the data set's phantom in the data cache)")
+    n.add_argument("--out", default="results/noise", help="output folder for noise.json, noise.md, noise.png")
+    n.add_argument("--levels", type=float, nargs="+", default=list(d.levels), help="noise levels in [0, 1]")
+    n.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds),
+                   help="seeds: one paired run per level and seed")
+    what = {"steps": "training steps of each rectifier", "img_size": "square input size",
+            "batch_size": "images per step",
+            "n_eval": "held-out slices or frames scored", "workers": "runs at a time (processes)"}
+    for name, text in what.items():
+        n.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name),
+                       help=f"{text} (default {getattr(d, name)})")
+    n.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
+    n.add_argument("--beta", type=float, default=d.beta, help=f"weight β of the prototype term (default {d.beta})")
+    return n
+
+# %% ../nbs/reference/cli.ipynb #0739e3abs1
+def noise_command(a: argparse.Namespace) -> int:
+    """`diffseg-bench noise`: run the study from parsed arguments and write its result files (errors: `guard_command` in
+    `main`)."""
+    # a data set without an embedded phantom needs --root: say so now
+    dataset_spec(a.dataset).root(a.root, f"--dataset {a.dataset}")
+    cfg = NoiseStudyConfig(dataset=a.dataset, root=a.root, levels=tuple(a.levels), seeds=tuple(a.seeds), steps=a.steps,
+                           img_size=a.img_size,
+                           batch_size=a.batch_size, lr=a.lr, beta=a.beta, n_eval=a.n_eval, workers=a.workers)
+    result = noise_study(cfg)
+    out = write_study(result, a.out)
+    print(study_table(result))
+    print(f"\n{len(result['runs'])} runs in {result['wall_s']:.0f} s; wrote {out}/noise.json, noise.md, noise.png")
+    return 0
 
 # %% ../nbs/reference/cli.ipynb #57f8fe5c
 def add_speed_command(sub):
@@ -392,7 +392,8 @@ def add_notebooks_command(sub):
     n.add_argument("--limit", type=float, default=120, help="seconds a notebook may take (default 120)")
     n.add_argument("--timeout", type=positive_int, default=900, help="seconds a single cell may take (default 900)")
     n.add_argument("--out", default="results/notebooks", help="results folder (default results/notebooks)")
-    n.add_argument("--store", action="store_true", help="write each notebook's new outputs back into it (after a clean run)")
+    n.add_argument("--store", action="store_true",
+                   help="write the new outputs back into each notebook (after a clean run)")
 
 # %% ../nbs/reference/cli.ipynb #benchp3
 def bench_parser() -> argparse.ArgumentParser:
@@ -527,7 +528,7 @@ def bench_main(argv: Sequence = None) -> int:
 
 
 
-# %% ../nbs/reference/cli.ipynb #66f0d40f
+# %% ../nbs/reference/cli.ipynb #6939495b
 COMMANDS = {"data": data_main, "eval": eval_main, "train": train_main, "bench": bench_main}
 
 def module_main(argv: Sequence = None) -> int:

@@ -7,7 +7,7 @@ __all__ = ['METHODS', 'SETTING_RULES', 'PRESETS', 'LEGACY', 'UNREAD', 'ConfigErr
            'MethodSwitches', 'RunSettings', 'TrainConfig', 'check_settings', 'make_config', 'refine_config',
            'augment_config', 'same_config', 'check_config', 'bf16_native', 'fast_settings']
 
-# %% ../nbs/reference/config.ipynb #cdf95435
+# %% ../nbs/reference/config.ipynb #860312f7
 import copy, math
 import torch
 from dataclasses import dataclass, asdict, field, fields
@@ -38,7 +38,7 @@ class DataSettings:
     batch_size: int = 6
     labeled_bs: int = 3
     n_val: int = None                    # validation volumes used for model selection (None = all)
-    # AugmentConfig overrides (notebook 00); empty = the official weak/strong views
+    # AugmentConfig overrides (lesson 00); empty = the official weak/strong views
     augment: dict = field(default_factory=dict)
     num_workers: int = 0
 

@@ -6,7 +6,7 @@
 __all__ = ['RunModels', 'rng_state', 'training_state', 'restore_state', 'Collectives', 'Distributed', 'SyncedOptimizer',
            'resume_checkpoint', 'resume_state', 'hold_folder']
 
-# %% ../nbs/reference/engine.ipynb #6668646f
+# %% ../nbs/reference/engine.ipynb #af024944
 import contextlib, shutil, warnings
 import torch
 import torch.nn as nn

@@ -8,7 +8,7 @@ __all__ = ['MOSXAV_CLASSES', 'MOSXAV_COLOURS', 'ENDOSCAPES_CLASSES', 'ENDOSCAPES
            'MOSXAVFrames', 'write_mosxav_sample', 'class_key', 'check_label_map', 'read_rgb', 'read_endoscapes_mask',
            'read_video_list', 'EndoscapesFrames', 'endoscapes_scene', 'write_endoscapes_sample', 'SequenceVolumes']
 
-# %% ../nbs/reference/frames.ipynb #865a0c4a
+# %% ../nbs/reference/frames.ipynb #6e98e6a9
 import re, shutil
 import numpy as np
 from pathlib import Path

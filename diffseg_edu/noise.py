@@ -6,7 +6,7 @@
 __all__ = ['NoiseStudyConfig', 'study_data', 'study_run', 'summarise_study', 'noise_study', 'paired_difference', 'study_table',
            'plot_study', 'write_study']
 
-# %% ../nbs/reference/noise.ipynb #dd73cb50
+# %% ../nbs/reference/noise.ipynb #c6e4c6c2
 import json, os, sys, time
 import torch
 import numpy as np

@@ -6,7 +6,7 @@
 __all__ = ['PhantomPatient', 'draw_patient', 'phantom_label', 'phantom_image', 'phantom_volume', 'write_synthetic', 'XASequence',
            'draw_xa_sequence', 'xa_frame', 'write_xa_synthetic']
 
-# %% ../nbs/reference/phantoms.ipynb #950cb78a
+# %% ../nbs/reference/phantoms.ipynb #3b96fd73
 import os, shutil
 import h5py
 import numpy as np
