@@ -111,19 +111,19 @@ def test_summarise_demo_counts_goals_and_failures():
     assert a["wall_s"] == pytest.approx([128.75, 5.0, 190.0])
 
 
-def test_demo_benchmark_times_the_command_in_a_child(tmp_path):
-    res = demo_benchmark(seeds=(0,), preset="smoke", out=tmp_path)
+def test_demo_command_times_the_command_in_a_child(tmp_path):
+    "`diffseg-bench demo`: one child run (the function itself is shown in reference/bench), its files, never twice into one folder."
+    assert main(["demo", "--preset", "smoke", "--seeds", "0", "--overwrite", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "smoke.json").read_text())
     (rec,) = res["records"]
     assert rec["rc"] == 0 and rec["best_iteration"] is not None and 0 <= rec["splits"]["val"]["dice"] <= 1 and rec["wall_s"] > 0
     if rec["peak_rss_mb"] is not None: assert rec["peak_rss_mb"] > 100          # the child's memory (torch alone is more)
     (s,) = res["summary"]
     assert s["met_time"] == 1 and s["met_dice"] == int(rec["splits"]["val"]["dice"] >= DEMO_GOALS["demo"]["val_dice"])
     assert res["settings"]["config"]["preset"] == "smoke" and len(demo_table(res).splitlines()) == 3 + 1 + 3
+    assert res["command"].startswith("diffseg-bench demo") and (tmp_path / "smoke.md").exists()
     with pytest.raises(ConfigError, match="exists"):                           # a timing is never taken twice into one folder
         demo_benchmark(seeds=(0,), preset="smoke", out=tmp_path)
-    assert main(["demo", "--preset", "smoke", "--seeds", "0", "--overwrite", "--out", str(tmp_path)]) == 0
-    stored = json.loads((tmp_path / "smoke.json").read_text())
-    assert stored["command"].startswith("diffseg-bench demo") and (tmp_path / "smoke.md").exists()
     assert main(["demo", "--preset", "smoke", "--seeds", "0", "--out", str(tmp_path)]) == 2                  # exists: exit 2
 
 

@@ -147,20 +147,6 @@ def test_full_disk_exits_2_and_cleans_up(synthetic_root, small_disk, capsys):
     assert not list(out.glob("*.tmp")) and not (out / ".lock.holder").exists()
 
 # 4. a corrupt last.pt falls back to the previous good one
-def test_resume_falls_back_to_the_previous_checkpoint(synthetic_root, tmp_path):
-    cfg = make_config("smoke", method="diffrect", root=str(synthetic_root))
-    train(cfg, tmp_path / "straight", progress=False)
-    out = tmp_path / "run"
-    train(cfg, out, progress=False, stop_after=4)                      # checkpoints at 2 and 4: last.pt = 4, last.prev.pt = 2
-    assert read_checkpoint(out / "last.prev.pt")["iteration"] == 2
-    (out / "last.pt").write_bytes((out / "last.pt").read_bytes()[:5000])   # torn by a crash
-    with pytest.warns(UserWarning, match="resuming from the previous checkpoint .*last.prev.pt .iteration 2"):
-        train(cfg, out, resume=True, progress=False)
-    a, b = read_checkpoint(tmp_path / "straight" / "last.pt"), read_checkpoint(out / "last.pt")
-    assert b["iteration"] == 6 and all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
-    assert (tmp_path / "straight" / "log.csv").read_text() == (out / "log.csv").read_text()
-    assert not (out / "last.prev.pt").exists() and not (tmp_path / "straight" / "last.prev.pt").exists()   # finished: one copy
-
 def test_both_checkpoints_corrupt(synthetic_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert train_main(smoke(synthetic_root, out, "--iters", "4")) == 0
