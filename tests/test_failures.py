@@ -50,7 +50,9 @@ def test_second_training_into_a_held_folder_exits_2(synthetic_root, tmp_path, ca
 def test_two_real_trainings_and_ctrl_c(synthetic_root, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "diffseg_edu.cli", "train", *smoke(synthetic_root, out, "--iters", "5000", "--val-every", "1000")]
-    first = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=ENV)
+    # a pytest-xdist worker ignores SIGINT, and an ignored signal stays ignored in its children: restore Ctrl-C
+    first = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=ENV,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()
     while not (out / "last.pt").exists() and time.time() - t0 < 120:
         assert first.poll() is None, first.communicate()[1]
