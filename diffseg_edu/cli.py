@@ -18,7 +18,7 @@ from typing import Sequence
 from .core import (
     DataError, device_of, guard_command, machine_description, output_file, positive_int, sha256_hex)
 from .data import H5Slices, show_overlays
-from .phantoms import write_synthetic
+from .phantoms import PHANTOM_VARIABILITY, write_synthetic
 from .datasets import DATASETS, DatasetSpec, REGISTRY, dataset_info, dataset_spec, download, open_cases
 from .unet import UNet
 from .checkpoints import ModelError, load_model
@@ -45,6 +45,8 @@ def add_info_and_synthetic(sub):
     s.add_argument("--train", type=positive_int, default=20, help="training patients (default 20)")
     s.add_argument("--val", type=positive_int, default=5, help="validation patients (default 5)")
     s.add_argument("--test", type=positive_int, default=5, help="test patients (default 5)")
+    s.add_argument("--variability", choices=PHANTOM_VARIABILITY, default="standard",
+                   help="standard, or varied: every patient its own contrast, noise and orientation (default standard)")
 
 # %% ../nbs/reference/cli.ipynb #datap1
 def add_preview_and_download(sub):
@@ -102,7 +104,7 @@ def _run(a) -> int:
     if root is None and spec is not None:
         root = spec.root(None, f"--dataset {a.dataset}")   # the embedded phantom, or: this data set needs --root
     if a.cmd == "info": print(json.dumps(dataset_info(a.dataset, root, a.labeled_patients)))
-    elif a.cmd == "synthetic": print(write_synthetic(a.dest, a.train, a.val, a.test, a.seed))
+    elif a.cmd == "synthetic": print(write_synthetic(a.dest, a.train, a.val, a.test, a.seed, variability=a.variability))
     elif a.cmd == "preview": print(_preview(a, spec, root))
     elif a.cmd == "download": print(download(a.name, a.dest, a.url, a.sha256, quiet=False))
     return 0
@@ -350,6 +352,10 @@ def add_demo_command(sub):
     d.add_argument("--official-augment", action="store_true", help="also run every seed with the official augmentation")
     d.add_argument("--without-prototypes", action="store_true",
                    help="also run every seed as plain DiffRect (method=diffrect)")
+    d.add_argument("--compare-methods", action="store_true",
+                   help="also run every seed as the supervised and FixMatch baselines of the same preset")
+    d.add_argument("--unseen-seed", type=int,
+                   help="also score every run on phantom patients drawn with this seed (one never trained on)")
     d.add_argument("--overwrite", action="store_true", help="replace existing run folders")
     d.add_argument("--out", default="results/demo", help="results folder (default results/demo)")
 
@@ -457,7 +463,8 @@ def _acdc_command(a, command: str) -> int:
 def _demo_command(a, command: str) -> int:
     variants = ("preset",) + (("official_augment",) if a.official_augment else ())
     variants += ("without_prototypes",) if a.without_prototypes else ()
-    res = demo_benchmark(a.seeds, a.preset, a.out, variants, a.overwrite)
+    variants += ("supervised", "fixmatch") if a.compare_methods else ()
+    res = demo_benchmark(a.seeds, a.preset, a.out, variants, a.overwrite, a.unseen_seed)
     res["command"] = command
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

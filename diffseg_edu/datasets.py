@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['REGISTRY', 'COMPLETE', 'FRAME_READERS', 'DATASETS', 'Source', 'sha256sum', 'fetch_file', 'finish_unpacked',
-           'download', 'default_synthetic_root', 'default_xa_root', 'AnnotatedFrames', 'DatasetSpec', 'dataset_spec',
-           'open_cases', 'dataset_info']
+           'download', 'default_synthetic_root', 'default_varied_root', 'default_xa_root', 'AnnotatedFrames',
+           'DatasetSpec', 'dataset_spec', 'open_cases', 'dataset_info']
 
 # %% ../nbs/reference/datasets.ipynb #90552baf
 import hashlib, json, os, re, shutil, tarfile, time, zipfile
@@ -169,6 +169,11 @@ def default_synthetic_root() -> Path:
     # notebooks run in parallel may all ask for it at once
     return write_synthetic(data_cache() / "synthetic", wait=600)
 
+# %% ../nbs/reference/datasets.ipynb #6a495ee1
+def default_varied_root() -> Path:
+    "The varied phantom (a look per patient, `reference/phantoms`) in the data cache, generated on first use."
+    return write_synthetic(data_cache() / "synthetic-varied", variability="varied", wait=600)
+
 # %% ../nbs/reference/datasets.ipynb #4f8ef79bs1
 def default_xa_root() -> Path:
     "The angiography phantom in the data cache, generated on first use."
@@ -251,6 +256,7 @@ def eval_cases(self: DatasetSpec, root, split: str):
 # %% ../nbs/reference/datasets.ipynb #reg1codes1
 DATASETS = {"acdc": DatasetSpec(ACDC_CLASSES, "ssl4mis"),
             "synthetic": DatasetSpec(ACDC_CLASSES, "ssl4mis", default_root=default_synthetic_root),
+            "synthetic-varied": DatasetSpec(ACDC_CLASSES, "ssl4mis", default_root=default_varied_root),
             "mosxav": DatasetSpec(MOSXAV_CLASSES, "mosxav", policy="nan"),
             "xa-synthetic": DatasetSpec(MOSXAV_CLASSES, "mosxav", default_root=default_xa_root, policy="nan"),
             "endoscapes": DatasetSpec(ENDOSCAPES_CLASSES, "endoscapes", in_channels=3, policy="nan")}

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from diffseg_edu.bench import unseen_patients
 from diffseg_edu.bench import DEMO_GOALS, PUBLISHED, SPEED_ROWS, acdc_table, demo_benchmark, demo_table, label_efficiency, run_name, speed_benchmark, speed_table, summarise_demo, summarise_runs, train_or_reuse, write_speed
 from diffseg_edu.cli import bench_main as main
 from diffseg_edu.train import ConfigError, train
@@ -113,14 +114,17 @@ def test_summarise_demo_counts_goals_and_failures():
 
 def test_demo_command_times_the_command_in_a_child(tmp_path):
     "`diffseg-bench demo`: one child run (the function itself is shown in reference/bench), its files, never twice into one folder."
-    assert main(["demo", "--preset", "smoke", "--seeds", "0", "--overwrite", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--preset", "smoke", "--seeds", "0", "--overwrite", "--unseen-seed", "99", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "smoke.json").read_text())
     (rec,) = res["records"]
+    assert 0 <= rec["splits"]["unseen"]["dice"] <= 1 and res["settings"]["unseen_seed"] == 99    # patients never trained on
+    assert "unseen Dice" in (tmp_path / "smoke.md").read_text()
     assert rec["rc"] == 0 and rec["best_iteration"] is not None and 0 <= rec["splits"]["val"]["dice"] <= 1 and rec["wall_s"] > 0
     if rec["peak_rss_mb"] is not None: assert rec["peak_rss_mb"] > 100          # the child's memory (torch alone is more)
     (s,) = res["summary"]
     assert s["met_time"] == 1 and s["met_dice"] == int(rec["splits"]["val"]["dice"] >= DEMO_GOALS["demo"]["val_dice"])
     assert res["settings"]["config"]["preset"] == "smoke" and len(demo_table(res).splitlines()) == 3 + 1 + 3
+    with pytest.raises(ConfigError, match="need a phantom data set"): unseen_patients("acdc", 99)
     assert res["command"].startswith("diffseg-bench demo") and (tmp_path / "smoke.md").exists()
     with pytest.raises(ConfigError, match="exists"):                           # a timing is never taken twice into one folder
         demo_benchmark(seeds=(0,), preset="smoke", out=tmp_path)
