@@ -402,7 +402,8 @@ PUBLISHED = ({"method": "DiffRect", "dataset": "ACDC", "labeled_patients": 1, "s
 
 # %% ../nbs/reference/bench.ipynb #913dc37d
 # each demo preset's promise: ≤ 3 minutes, and a validation Dice
-DEMO_GOALS = {"demo": {"wall_s": 180.0, "val_dice": 0.85},
+# demo: one labelled patient of the varied phantom, so a low bar for Dice; its real goal is the gain over supervised
+DEMO_GOALS = {"demo": {"wall_s": 180.0, "val_dice": 0.25, "gain": 0.05},
               # thin vessels and catheters at 96² in 160 iterations: a lower bar
               "demo-xa": {"wall_s": 180.0, "val_dice": 0.40}}
 
@@ -428,7 +429,7 @@ DEMO_VARIANTS = {"preset": [], "official_augment": ["augment={}"],   # name -> `
                  # the baselines of the same preset: its budget, data and seed
                  "supervised": ["method=supervised"], "fixmatch": ["method=fixmatch"]}
 
-# %% ../nbs/reference/bench.ipynb #cbc99999
+# %% ../nbs/reference/bench.ipynb #d2ad18c3
 PHANTOM_OF = {"synthetic": "standard", "synthetic-varied": "varied"}     # phantom data sets and their variability
 
 def unseen_patients(dataset: str, seed: int, n: int = 10) -> Path:
@@ -438,7 +439,7 @@ def unseen_patients(dataset: str, seed: int, n: int = 10) -> Path:
     return write_synthetic(data_cache() / f"unseen-{dataset}-s{seed}", n_train=1, n_val=1, n_test=n, seed=seed,
                            variability=PHANTOM_OF[dataset], wait=600)
 
-# %% ../nbs/reference/bench.ipynb #b21b3a12
+# %% ../nbs/reference/bench.ipynb #d83a80d5
 def unseen_dice(run: Path, cases, img_size: int) -> dict:
     "Mean metrics of `run/best.pt` on the volumes `cases` at the training size."
     model, _ = load_model(Path(run) / "best.pt")
@@ -540,6 +541,11 @@ def demo_table(result: dict) -> str:
         lines.append(f"| {s['variant']} | {s['n']}{failed} | {w[0]:.0f} ({w[1]:.0f}–{w[2]:.0f}) | "
                      f"{pm(s['val_dice'])} | {pm(s['test_dice'])} |" + (f" {pm(s['unseen_dice'])} |" if un else "")
                      + f" {s['met_time']}/{s['n']} | {s['met_dice']}/{s['n']} | {s['met_both']}/{s['n']} |")
+    by = {s["variant"]: s for s in result["summary"]}
+    if un and "preset" in by and "supervised" in by and by["preset"]["unseen_dice"][0] is not None:
+        gain = by["preset"]["unseen_dice"][0] - by["supervised"]["unseen_dice"][0]
+        goal = f" (goal ≥ {g['gain']})" if "gain" in g else ""
+        lines += ["", f"Unseen patients, the preset's method against the supervised baseline: {gain:+.4f} Dice{goal}."]
     return "\n".join(lines)
 
 # %% ../nbs/reference/bench.ipynb #nbcellsec
