@@ -429,7 +429,7 @@ DEMO_VARIANTS = {"preset": [], "official_augment": ["augment={}"],   # name -> `
                  # the baselines of the same preset: its budget, data and seed
                  "supervised": ["method=supervised"], "fixmatch": ["method=fixmatch"]}
 
-# %% ../nbs/reference/bench.ipynb #d2ad18c3
+# %% ../nbs/reference/bench.ipynb #3531547e
 PHANTOM_OF = {"synthetic": "standard", "synthetic-varied": "varied"}     # phantom data sets and their variability
 
 def unseen_patients(dataset: str, seed: int, n: int = 10) -> Path:
@@ -439,7 +439,7 @@ def unseen_patients(dataset: str, seed: int, n: int = 10) -> Path:
     return write_synthetic(data_cache() / f"unseen-{dataset}-s{seed}", n_train=1, n_val=1, n_test=n, seed=seed,
                            variability=PHANTOM_OF[dataset], wait=600)
 
-# %% ../nbs/reference/bench.ipynb #d83a80d5
+# %% ../nbs/reference/bench.ipynb #e7ab724e
 def unseen_dice(run: Path, cases, img_size: int) -> dict:
     "Mean metrics of `run/best.pt` on the volumes `cases` at the training size."
     model, _ = load_model(Path(run) / "best.pt")

@@ -169,7 +169,7 @@ def default_synthetic_root() -> Path:
     # notebooks run in parallel may all ask for it at once
     return write_synthetic(data_cache() / "synthetic", wait=600)
 
-# %% ../nbs/reference/datasets.ipynb #19d6cc98
+# %% ../nbs/reference/datasets.ipynb #4140c559
 def default_varied_root() -> Path:
     "The varied phantom (a look per patient, `reference/phantoms`) in the data cache, generated on first use."
     return write_synthetic(data_cache() / "synthetic-varied", variability="varied", wait=600)
