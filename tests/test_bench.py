@@ -106,7 +106,8 @@ def test_summarise_demo_counts_goals_and_failures():
     rec = lambda s, w, d: {"variant": "a", "seed": s, "rc": 0, "wall_s": w, "peak_rss_mb": 900.0, "best_iteration": 150,
                            "splits": {"val": {"dice": d}, "test": {"dice": d - 0.01}}}
     failed = {"variant": "a", "seed": 3, "rc": 1, "wall_s": 5.0, "peak_rss_mb": None, "error": "boom"}
-    (a,) = summarise_demo([rec(0, 170.0, 0.86), rec(1, 190.0, 0.87), rec(2, 150.0, 0.84), failed])
+    goals = {"wall_s": 180.0, "val_dice": 0.85}
+    (a,) = summarise_demo([rec(0, 170.0, 0.86), rec(1, 190.0, 0.87), rec(2, 150.0, 0.84), failed], goals)
     assert (a["n"], a["failed"], a["met_time"], a["met_dice"], a["met_both"]) == (4, 1, 2, 2, 1)   # the failed run meets nothing
     assert a["val_dice"] == pytest.approx([0.8566667, 0.0152753], abs=1e-6) and a["peak_rss_mb"] == 900.0
     assert a["wall_s"] == pytest.approx([128.75, 5.0, 190.0])
