@@ -91,8 +91,9 @@ def _preview(a, spec: DatasetSpec, root) -> str:
     volume = lambda p: spec.layout == "ssl4mis" and p["image"].ndim == 3
     middle = lambda p: (p["image"][len(p["image"]) // 2], p["label"][len(p["label"]) // 2])
     mid = [middle(p) if volume(p) else (p["image"], p["label"]) for p in picks]
-    fig = show_overlays([m[0] for m in mid], [m[1] for m in mid], spec.n_classes, [p["name"] for p in picks])
-    fig.savefig(a.out, dpi=80)
+    fig = show_overlays([m[0] for m in mid], [m[1] for m in mid], spec.n_classes, [p["name"] for p in picks],
+                        class_names=spec.classes)
+    fig.savefig(a.out, dpi=80, bbox_inches="tight")
     return a.out
 
 # %% ../nbs/reference/cli.ipynb #4a009a42r
@@ -395,7 +396,8 @@ def add_notebooks_command(sub):
     n = sub.add_parser("notebooks", help="run each notebook top to bottom, one at a time, and time it and its cells")
     n.add_argument("notebooks", nargs="*",
                    help="notebook files (default: every lesson, nbs/NN_*.ipynb; name a reference notebook to run it)")
-    n.add_argument("--limit", type=float, default=120, help="seconds a notebook may take (default 120)")
+    n.add_argument("--limit", type=float, default=120,
+                   help="seconds a notebook may take (default 120; the training lesson: bench.LESSON_LIMITS)")
     n.add_argument("--timeout", type=positive_int, default=900, help="seconds a single cell may take (default 900)")
     n.add_argument("--out", default="results/notebooks", help="results folder (default results/notebooks)")
     n.add_argument("--store", action="store_true",
@@ -518,7 +520,7 @@ def _notebooks_command(a, command: str) -> int:
     res = {**notebooks_benchmark(paths, a.limit, a.timeout, a.store), "command": command}
     md = write_result(res, a.out, "notebooks", notebooks_table(res)).with_suffix(".md")
     print(f"{md.read_text()}\nwrote {md}")
-    return int(any(r["error"] or r["seconds"] > a.limit for r in res["rows"]))
+    return int(any(r["error"] or r["seconds"] > r["limit_s"] for r in res["rows"]))
 
 # %% ../nbs/reference/cli.ipynb #e7ce66acs3
 def bench_main(argv: Sequence = None) -> int:

@@ -4,10 +4,11 @@
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'ACDC_CLASSES', 'LUMA', 'check_image', 'check_label', 'read_h5', 'read_list', 'h5_image_shape',
-           'H5Cases', 'H5Slices', 'H5Volumes', 'label_palette', 'overlay', 'show_overlays', 'patient_of',
-           'split_by_group', 'patients_to_slices', 'TwoStreamBatchSampler', 'zoom_nearest', 'AugmentConfig',
-           'sample_augment_params', 'rotate_nearest', 'smooth3x3', 'enhance', 'gaussian_blur', 'WeakStrongAugment',
-           'channels_first', 'SemiSupervisedSlices', 'train_loader', 'class_stats', 'browse_volumes']
+           'H5Cases', 'H5Slices', 'H5Volumes', 'label_palette', 'overlay', 'class_legend', 'show_overlays',
+           'patient_of', 'split_by_group', 'patients_to_slices', 'TwoStreamBatchSampler', 'zoom_nearest',
+           'AugmentConfig', 'sample_augment_params', 'rotate_nearest', 'smooth3x3', 'enhance', 'gaussian_blur',
+           'WeakStrongAugment', 'channels_first', 'SemiSupervisedSlices', 'train_loader', 'class_stats',
+           'browse_volumes']
 
 # %% ../nbs/00_data.ipynb #a2dd4d7d
 import re
@@ -170,10 +171,22 @@ def overlay(image: np.ndarray, label: np.ndarray, n_classes: int = 4, alpha: flo
     colours = label_palette(n_classes)[np.where(fg, label, 0)]
     return np.clip(np.where(fg[..., None], (1 - alpha) * rgb + alpha * colours, rgb), 0, 1)
 
+# %% ../nbs/00_data.ipynb #280dc3eb
+def class_legend(fig, n_classes: int = 4, class_names: Sequence = None, fontsize: float = 9):
+    """A legend of the class colours below `fig` (background left out); `class_names` defaults to ACDC's names for
+    four classes and to `class k` otherwise."""
+    import matplotlib.patches
+    names = list(class_names) if class_names is not None else (
+        list(ACDC_CLASSES) if n_classes == 4 else [f"class {k}" for k in range(n_classes)])
+    colours = label_palette(n_classes)
+    handles = [matplotlib.patches.Patch(color=colours[k], label=names[k]) for k in range(1, n_classes)]
+    return fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 6),
+                      frameon=False, fontsize=fontsize)
+
 # %% ../nbs/00_data.ipynb #32fbaa6b
 def show_overlays(images: Sequence, labels: Sequence, n_classes: int = 4, titles: Sequence = None,
-                  ncols: int = 4, size: float = 2.4):
-    "A grid of image/label overlays; returns the matplotlib figure."
+                  ncols: int = 4, size: float = 2.4, class_names: Sequence = None, legend: bool = True):
+    "A grid of image/label overlays with a class legend below; returns the matplotlib figure."
     import matplotlib.pyplot as plt
     n = len(images)
     nrows = -(-n // ncols)
@@ -182,8 +195,9 @@ def show_overlays(images: Sequence, labels: Sequence, n_classes: int = 4, titles
         ax.axis("off")
         if k < n:
             ax.imshow(overlay(np.asarray(images[k]), np.asarray(labels[k]), n_classes), interpolation="nearest")
-            if titles is not None: ax.set_title(str(titles[k]), fontsize=8)
+            if titles is not None: ax.set_title(str(titles[k]), fontsize=9)
     fig.tight_layout()
+    if legend: class_legend(fig, n_classes, class_names)
     return fig
 
 # %% ../nbs/00_data.ipynb #32c2c4a7

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 from fastcore.basics import patch
 from scipy import ndimage
 
-from .data import DiffsegError, IGNORE_INDEX, overlay, zoom_nearest
+from .data import DiffsegError, IGNORE_INDEX, class_legend, overlay, zoom_nearest
 from .datasets import DATASETS, dataset_spec
 from .checkpoints import fuse_conv_bn
 
@@ -311,8 +311,9 @@ def evaluate(model: nn.Module, cases, n_classes: int, patch_size: tuple = (256, 
                       preds if keep_predictions else None, groups)
 
 # %% ../nbs/02_metrics.ipynb #e6ef4a07
-def plot_boxes(ev: Evaluation, metrics: Sequence = None, figsize: tuple = None):
-    "Box plots over cases of each class, one panel per metric (NaN values left out)."
+def plot_boxes(ev: Evaluation, metrics: Sequence = None, figsize: tuple = None, unit: str = "voxels"):
+    """Box plots over cases of each class, one panel per metric (NaN values left out); `unit` labels the distance
+    axes (`mm` when `evaluate` was given the voxel spacing)."""
     import matplotlib.pyplot as plt
     metrics = list(metrics or ev.metrics)
     fig, axes = plt.subplots(1, len(metrics), figsize=figsize or (3.2 * len(metrics), 3), squeeze=False)
@@ -322,6 +323,7 @@ def plot_boxes(ev: Evaluation, metrics: Sequence = None, figsize: tuple = None):
         ax.boxplot(data, showmeans=True)
         ax.set_xticks(range(1, len(ev.classes) + 1), ev.classes, rotation=30)
         ax.set_title(_LABELS[m])
+        ax.set_ylabel(unit if m in ("hd95", "asd") else "score")
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
@@ -357,10 +359,11 @@ def show_best_worst(ev: Evaluation, cases, n_classes: int, k: int = 3):
         img, lab, pred = image[z] if volume else image, as3d(by_name[n]["label"])[z], as3d(ev.predictions[n])[z]
         ax_pair[0].imshow(overlay(img, lab, n_classes))
         ax_pair[1].imshow(overlay(img, pred, n_classes))
-        ax_pair[0].set_title(f"{kind}: {n} z={z}", fontsize=7)
-        ax_pair[1].set_title(f"prediction, Dice {s:.2f}", fontsize=7)
+        ax_pair[0].set_title(f"{kind}: {n} z={z}", fontsize=8)
+        ax_pair[1].set_title(f"prediction, Dice {s:.2f}", fontsize=8)
         for a in ax_pair: a.axis("off")
     fig.tight_layout()
+    class_legend(fig, n_classes, ["background", *ev.classes])
     return fig
 
 # %% ../nbs/02_metrics.ipynb #189c5493

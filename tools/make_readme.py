@@ -1,7 +1,8 @@
-"""Generate README.md from nbs/index.ipynb (Quarto, which `nbdev_readme` needs, is not always available).
+"""Generate README.md from nbs/index.ipynb (Quarto, which `nbdev_readme` needs, is not always available), and
+results/index.txt, the listing of the stored results that lets `stored_results` glob them where there is no checkout.
 
-    python tools/make_readme.py           # write README.md
-    python tools/make_readme.py --check   # exit 1 if README.md is out of date
+    python tools/make_readme.py           # write README.md and results/index.txt
+    python tools/make_readme.py --check   # exit 1 if either is out of date
 """
 import re, sys
 from pathlib import Path
@@ -25,11 +26,18 @@ def readme_text() -> str:
     body, _ = MarkdownExporter().from_notebook_node(nb)
     return HEADER + re.sub(r"\n{3,}", "\n\n", body).strip() + "\n"
 
+def index_text() -> str:
+    "results/index.txt: every stored result's path, one per line."
+    from diffseg_edu.core import results_index
+    return "".join(f"{n}\n" for n in results_index(ROOT / "results"))
+
 if __name__ == "__main__":
-    text, path = readme_text(), ROOT / "README.md"
-    if "--check" in sys.argv:
-        if not path.is_file() or path.read_text() != text:
-            print("README.md is out of date: run `python tools/make_readme.py`"); sys.exit(1)
-        print("README.md is up to date")
-    else:
-        path.write_text(text); print(f"wrote {path}")
+    stale = []
+    for path, text in ((ROOT / "README.md", readme_text()), (ROOT / "results" / "index.txt", index_text())):
+        if "--check" in sys.argv:
+            if not path.is_file() or path.read_text() != text: stale.append(path.relative_to(ROOT).as_posix())
+        else:
+            path.write_text(text); print(f"wrote {path}")
+    if stale:
+        print(f"{', '.join(stale)} out of date: run `python tools/make_readme.py`"); sys.exit(1)
+    if "--check" in sys.argv: print("README.md and results/index.txt are up to date")
