@@ -6,13 +6,13 @@
 __all__ = ['SPEED_ROWS', 'SPLITS', 'PUBLISHED', 'DEMO_GOALS', 'DEMO_VARIANTS', 'LESSON_LIMITS', 'peak_rss_mb', 'peak_memory_mb',
            'time_iterations', 'speed_config', 'speed_one', 'speed_benchmark', 'speed_table', 'result_header',
            'write_result', 'write_speed', 'benchmark_augment', 'benchmark_loader', 'benchmark_inference',
-           'benchmark_metrics', 'run_name', 'train_or_reuse', 'mean_std', 'summarise_runs', 'acdc_benchmark',
-           'acdc_table', 'label_efficiency', 'plot_label_efficiency', 'run_command', 'unseen_patients', 'unseen_dice',
-           'demo_benchmark', 'summarise_demo', 'demo_table', 'cell_seconds', 'time_notebook', 'notebooks_benchmark',
-           'notebooks_table']
+           'benchmark_metrics', 'run_name', 'train_or_reuse', 'mean_std', 'summarise_runs', 'earlier_runs',
+           'acdc_benchmark', 'acdc_table', 'label_efficiency', 'plot_label_efficiency', 'run_command',
+           'unseen_patients', 'unseen_dice', 'demo_benchmark', 'summarise_demo', 'demo_table', 'cell_seconds',
+           'time_notebook', 'notebooks_benchmark', 'notebooks_table']
 
 # %% ../nbs/reference/bench.ipynb #b4768e99
-import importlib, itertools, json, os, shutil, subprocess, sys, time
+import importlib, itertools, json, os, re, shutil, subprocess, sys, time
 import torch
 import numpy as np
 from dataclasses import asdict
@@ -273,11 +273,16 @@ def train_or_reuse(cfg, folder, progress: bool = False) -> dict:
     folder = Path(folder)
     if (folder / "config.json").exists() and not same_config(json.loads((folder / "config.json").read_text()), cfg):
         raise ConfigError(f"{folder} holds a run with another configuration; choose another --out or remove it")
-    status = "reused"
+    status, created = "reused", not folder.exists()
     if not (folder / "metrics.json").exists():
         status = "resumed" if (folder / "last.pt").exists() else "trained"
         t0 = time.perf_counter()
-        summary = train(cfg, folder, resume=status == "resumed", progress=progress)
+        try: summary = train(cfg, folder, resume=status == "resumed", progress=progress)
+        except BaseException:
+            # a run that failed before writing anything leaves no empty folder behind (only its lock files)
+            if created and folder.is_dir() and all(f.name.startswith(".lock") for f in folder.iterdir()):
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         (folder / "timing.json").write_text(json.dumps({"wall_s": time.perf_counter() - t0,
                                                         "train_s": summary["seconds"], "status": status}))
     timing = json.loads((folder / "timing.json").read_text()) if (folder / "timing.json").exists() else {}
@@ -317,6 +322,20 @@ def _report_run(r: dict):
     minutes = f", {r['wall_s'] / 60:.1f} min" if r["wall_s"] else ""
     print(f"{r['method']} seed {r['seed']}: {dices} ({r['status']}{minutes})", file=sys.stderr)
 
+# %% ../nbs/reference/bench.ipynb #e0add660
+def earlier_runs(runs_dir, skip: set, config_of: Callable) -> list:
+    """Records of the finished runs under `runs_dir` named `<method>_p<N>_s<seed>` (not in `skip`) whose config is
+    `config_of(method, seed)`: what an earlier command with other `--methods` or `--seeds` left in the same folder."""
+    found = []
+    for folder in sorted(Path(runs_dir).glob("*_p*_s*")):
+        m = re.fullmatch(r"(.+)_p(\d+)_s(\d+)", folder.name)
+        if folder.name in skip or not m or m[1] not in METHODS or not (folder / "metrics.json").is_file(): continue
+        try: cfg = config_of(m[1], int(m[3]))
+        except ConfigError: continue
+        if (folder / "config.json").is_file() and same_config(json.loads((folder / "config.json").read_text()), cfg):
+            found.append({**train_or_reuse(cfg, folder), "status": "earlier"})
+    return found
+
 # %% ../nbs/reference/bench.ipynb #6e9db59ds2
 def acdc_benchmark(root, labeled_patients: int = 3, methods: Sequence = METHODS, seeds: Sequence = (1337,),
                    out=None, preset: str = "cpu", progress: bool = False, dataset: str = "acdc", **overrides) -> dict:
@@ -335,10 +354,16 @@ def acdc_benchmark(root, labeled_patients: int = 3, methods: Sequence = METHODS,
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(runs_dir / name / "best.pt", out / "checkpoints" / f"{name}.pt")
         _report_run(records[-1])
+    # the table covers every finished run of these settings in the folder, not only this command's subset
+    records += earlier_runs(runs_dir, {run_name(c.method, labeled_patients, c.seed) for c in cfgs},
+                            lambda m, s: make_config(preset, method=m, dataset=dataset, root=str(root),
+                                                     labeled_patients=labeled_patients, seed=s, **overrides))
+    records.sort(key=lambda r: (METHODS.index(r["method"]), r["seed"]))
+    methods, seeds = list(dict.fromkeys(r["method"] for r in records)), sorted({r["seed"] for r in records})
     c = cfgs[0]
     config = {k: v for k, v in asdict(c).items() if k not in ("method", "seed", "root", "labeled_patients")}
-    settings = {"dataset": dataset, "preset": preset, "labeled_patients": labeled_patients, "methods": list(methods),
-                "seeds": list(seeds), "img_size": c.img_size, "iters": c.iters, "optimizer": c.optimizer, "lr": c.lr,
+    settings = {"dataset": dataset, "preset": preset, "labeled_patients": labeled_patients, "methods": methods,
+                "seeds": seeds, "img_size": c.img_size, "iters": c.iters, "optimizer": c.optimizer, "lr": c.lr,
                 **run_schedule(c), "root": str(root), "overrides": overrides, "config": config}
     return {"what": "acdc", "settings": settings, "machine": machine_description(), "wall_s": time.perf_counter() - t0,
             "records": records, "summary": summarise_runs(records)}

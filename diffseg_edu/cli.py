@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .core import (
-    DataError, device_of, guard_command, machine_description, output_file, positive_int, sha256_hex)
+    DataError, Distinct, device_of, guard_command, machine_description, nonneg_float, nonneg_int, output_file,
+    output_folder, positive_float, positive_int, seed_int, sha256_hex, unit_float)
 from .data import H5Slices, show_overlays
 from .phantoms import PHANTOM_VARIABILITY, write_synthetic
 from .datasets import DATASETS, DatasetSpec, REGISTRY, dataset_info, dataset_spec, download, open_cases
@@ -41,7 +42,7 @@ def add_info_and_synthetic(sub):
                    help="also count the labelled/unlabelled split for this many patients (frames: sequences/videos)")
     s = sub.add_parser("synthetic", help="write the synthetic phantom data set")
     s.add_argument("--dest", required=True, help="the folder to write")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     s.add_argument("--train", type=positive_int, default=20, help="training patients (default 20)")
     s.add_argument("--val", type=positive_int, default=5, help="validation patients (default 5)")
     s.add_argument("--test", type=positive_int, default=5, help="test patients (default 5)")
@@ -56,7 +57,7 @@ def add_preview_and_download(sub):
     v.add_argument("--root", help="data set root (phantoms: default the cached one)")
     v.add_argument("--split", default=None, help="the split (default: the training slices or frames)")
     v.add_argument("--n", type=positive_int, default=8, help="labelled cases to show (default 8)")
-    v.add_argument("--seed", type=int, default=0, help="which cases (default 0)")
+    v.add_argument("--seed", type=seed_int, default=0, help="which cases (default 0)")
     v.add_argument("--out", default="preview.png", help="the PNG to write (default preview.png)")
     d = sub.add_parser("download", help="download and unpack a data set into the cache (or --dest)")
     d.add_argument("name", choices=sorted(REGISTRY), help="the data set")
@@ -122,7 +123,8 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val",
                    help="any split with a <split>.list in the root (frame data sets: train/val/test)")
     p.add_argument("--out", help="write the results as JSON")
-    p.add_argument("--img-size", type=int, help="network input size (default: the checkpoint's img_size, else 256)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--img-size", type=positive_int, help="network input size (default: the checkpoint's img_size, else 256)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: CUDA when present)")
     p.add_argument("--policy", choices=POLICIES,
@@ -164,7 +166,7 @@ def _write_evaluation(a, ev: Evaluation, root, size: tuple):
 def _eval(a) -> int:
     "Carry out one parsed `diffseg-eval` command."
     if a.ckpt is None: raise ModelError("--ckpt is required (to time inference: diffseg-bench inference)")
-    if a.out: output_file(a.out)                                 # a bad --out fails before the evaluation, not after it
+    if a.out: output_file(a.out, overwrite=a.overwrite)          # a bad --out fails before the evaluation, not after it
     device = device_of(a.device) if a.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     spec = dataset_spec(a.dataset)
     root = spec.root(a.root, f"--dataset {a.dataset}")
@@ -172,6 +174,10 @@ def _eval(a) -> int:
     size, cases, n_classes = _img_size(a, ckpt), eval_cases(a.dataset, root, a.split), N_CLASSES[a.dataset]
     if getattr(model, "n_classes", n_classes) != n_classes:
         raise ModelError(f"{a.ckpt}: the checkpoint predicts {model.n_classes} classes but {a.dataset} has {n_classes}")
+    in_ch = getattr(model, "config", {}).get("in_channels", spec.in_channels)
+    if in_ch != spec.in_channels:
+        raise ModelError(f"{a.ckpt}: the checkpoint's network reads {in_ch}-channel images but {a.dataset} images have "
+                         f"{spec.in_channels} channel(s)")
     ev = evaluate(model, cases, n_classes, size, a.batch_size, a.policy or spec.policy, amp=a.amp, device=device,
                   class_names=spec.classes, fast=a.fast, group_of=spec.group_of)
     print(f"{a.ckpt} on {a.dataset}/{a.split} ({len(cases)} cases, input {size[0]}×{size[1]}, {device})")
@@ -181,9 +187,10 @@ def _eval(a) -> int:
     return 0
 
 # %% ../nbs/reference/cli.ipynb #f74f5440
-NUMBER_OPTIONS = {"labeled_patients": int, "iters": int, "img_size": int, "batch_size": int, "labeled_bs": int,
-                  "seed": int, "val_every": int, "ckpt_every": int, "n_val": int, "lr": float, "refine_lr": float,
-                  "refine_start": int}
+NUMBER_OPTIONS = {"labeled_patients": positive_int, "iters": positive_int, "img_size": positive_int,
+                  "batch_size": positive_int, "labeled_bs": positive_int, "seed": seed_int, "val_every": positive_int,
+                  "ckpt_every": positive_int, "n_val": positive_int, "lr": positive_float, "refine_lr": positive_float,
+                  "refine_start": nonneg_int}
 
 # %% ../nbs/reference/cli.ipynb #f74f5440c
 def train_parser() -> argparse.ArgumentParser:
@@ -269,25 +276,27 @@ def add_noise_command(sub) -> argparse.ArgumentParser:
     n.add_argument("--dataset", default=d.dataset, choices=sorted(DATASETS), help=f"the data set (default {d.dataset})")
     n.add_argument("--root", help="data folder (default: the data set's phantom in the data cache)")
     n.add_argument("--out", default="results/noise", help="output folder for noise.json, noise.md, noise.png")
-    n.add_argument("--levels", type=float, nargs="+", default=list(d.levels), help="noise levels in [0, 1]")
-    n.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds),
+    n.add_argument("--levels", type=unit_float, nargs="+", action=Distinct, default=list(d.levels),
+                   help="noise levels in [0, 1]")
+    n.add_argument("--seeds", type=seed_int, nargs="+", action=Distinct, default=list(d.seeds),
                    help="seeds: one paired run per level and seed")
     what = {"steps": "training steps of each rectifier", "img_size": "square input size",
             "batch_size": "images per step",
             "n_eval": "held-out slices or frames scored", "workers": "runs at a time (processes)"}
     for name, text in what.items():
-        n.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name),
+        n.add_argument("--" + name.replace("_", "-"), type=positive_int, default=getattr(d, name),
                        help=f"{text} (default {getattr(d, name)})")
-    n.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
-    n.add_argument("--beta", type=float, default=d.beta, help=f"weight β of the prototype term (default {d.beta})")
+    n.add_argument("--lr", type=positive_float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
+    n.add_argument("--beta", type=nonneg_float, default=d.beta, help=f"weight β of the prototype term (default {d.beta})")
     return n
 
 # %% ../nbs/reference/cli.ipynb #0739e3abs1
 def noise_command(a: argparse.Namespace) -> int:
     """`diffseg-bench noise`: run the study from parsed arguments and write its result files (errors: `guard_command` in
     `main`)."""
-    # a data set without an embedded phantom needs --root: say so now
+    # a data set without an embedded phantom needs --root, and the results need a folder: say so now
     dataset_spec(a.dataset).root(a.root, f"--dataset {a.dataset}")
+    output_folder(a.out)
     cfg = NoiseStudyConfig(dataset=a.dataset, root=a.root, levels=tuple(a.levels), seeds=tuple(a.seeds), steps=a.steps,
                            img_size=a.img_size,
                            batch_size=a.batch_size, lr=a.lr, beta=a.beta, n_eval=a.n_eval, workers=a.workers)
@@ -306,13 +315,15 @@ def add_speed_command(sub):
     s.add_argument("--batch-size", type=positive_int, default=6, help="images per batch (default 6)")
     s.add_argument("--labeled-bs", type=positive_int, default=3, help="labelled images per batch (default 3)")
     s.add_argument("--iters", type=positive_int, default=10, help="timed iterations per method (default 10)")
-    s.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3)")
-    s.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods to time (default all)")
+    s.add_argument("--warmup", type=nonneg_int, default=3, help="untimed iterations first (default 3)")
+    s.add_argument("--methods", nargs="+", action=Distinct, default=list(METHODS), choices=METHODS,
+                   help="methods to time (default all)")
     s.add_argument("--amp", choices=["bf16"], help="autocast to bfloat16")
     s.add_argument("--fast", action="store_true",
                    help="also time every method in fast mode (diffseg-train --fast), side by side")
     s.add_argument("--channels-last", action="store_true", help="channels_last memory layout")
     s.add_argument("--root", help="ACDC folder (default: the phantom; only shapes matter)")
+    s.add_argument("--overwrite", action="store_true", help="replace a stored table even if it loses methods")
     s.add_argument("--no-isolate", action="store_true",
                    help="run every method in this process (peak RSS is then cumulative)")
     s.add_argument("--out", default="results/speed", help="results folder (default results/speed)")
@@ -329,15 +340,17 @@ def add_acdc_command(sub):
                    help="labelled patients (frame data sets: sequences/videos)")
     a.add_argument("--preset", choices=sorted(PRESETS),
                    help="the training preset (default cpu; --paper is --preset paper)")
-    a.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods (default all)")
-    a.add_argument("--seeds", type=int, nargs="+", default=[1337], help="seeds, one run per method and seed")
+    a.add_argument("--methods", nargs="+", action=Distinct, default=list(METHODS), choices=METHODS,
+                   help="methods (default all)")
+    a.add_argument("--seeds", type=seed_int, nargs="+", action=Distinct, default=[1337],
+                   help="seeds, one run per method and seed")
     a.add_argument("--paper", action="store_true", help="the published protocol (256², 30,000 iterations): for a GPU")
     a.add_argument("--fast", action="store_true", default=None,
                    help="train in fast mode (bf16 where the hardware has it, channels_last)")
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any TrainConfig setting for every run, as diffseg-train --set")
     for name in ("iters", "img_size", "val_every"):
-        a.add_argument("--" + name.replace("_", "-"), type=int, help=f"override the preset's {name}")
+        a.add_argument("--" + name.replace("_", "-"), type=positive_int, help=f"override the preset's {name}")
     a.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best one here)")
     a.add_argument("--amp", choices=["bf16"], help="autocast to bfloat16")
     a.add_argument("--out", help="results folder (default results/<dataset>)")
@@ -348,14 +361,14 @@ def add_demo_command(sub):
     "The `demo` subcommand of `diffseg-bench`: the demo preset timed as a user runs it, against its goals."
     d = sub.add_parser("demo",
                        help="time the demo preset as a user runs it (a child process per seed) against its goals")
-    d.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds, one run each (default 0)")
+    d.add_argument("--seeds", type=seed_int, nargs="+", action=Distinct, default=[0], help="seeds, one run each (default 0)")
     d.add_argument("--preset", default="demo", help="demo or demo-xa (default demo)")
     d.add_argument("--official-augment", action="store_true", help="also run every seed with the official augmentation")
     d.add_argument("--without-prototypes", action="store_true",
                    help="also run every seed as plain DiffRect (method=diffrect)")
     d.add_argument("--compare-methods", action="store_true",
                    help="also run every seed as the supervised and FixMatch baselines of the same preset")
-    d.add_argument("--unseen-seed", type=int,
+    d.add_argument("--unseen-seed", type=seed_int,
                    help="also score every run on phantom patients drawn with this seed (one never trained on)")
     d.add_argument("--overwrite", action="store_true", help="replace existing run folders")
     d.add_argument("--out", default="results/demo", help="results folder (default results/demo)")
@@ -396,7 +409,7 @@ def add_notebooks_command(sub):
     n = sub.add_parser("notebooks", help="run each notebook top to bottom, one at a time, and time it and its cells")
     n.add_argument("notebooks", nargs="*",
                    help="notebook files (default: every lesson, nbs/NN_*.ipynb; name a reference notebook to run it)")
-    n.add_argument("--limit", type=float, default=120,
+    n.add_argument("--limit", type=positive_float, default=120,
                    help="seconds a notebook may take (default 120; the training lesson: bench.LESSON_LIMITS)")
     n.add_argument("--timeout", type=positive_int, default=900, help="seconds a single cell may take (default 900)")
     n.add_argument("--out", default="results/notebooks", help="results folder (default results/notebooks)")
@@ -416,6 +429,13 @@ def bench_parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/reference/cli.ipynb #e7ce66ac
 def _speed_command(a, command: str) -> int:
+    output_folder(a.out)                                         # a bad --out fails now, not after the benchmark
+    table = Path(a.out) / f"speed_{device_of(a.device).type}_{a.img_size}.json"
+    if table.is_file() and not a.overwrite:                      # another --methods would silently shrink the table
+        dropped = sorted({r["method"] for r in json.loads(table.read_text()).get("rows", [])} - {"floor", *a.methods})
+        if dropped:
+            raise DataError(f"{table}: holds timings of {dropped} that this run would drop (timings of different runs are "
+                            "not comparable, so they are not merged); time them too, pass --overwrite, or choose another --out")
     res = speed_benchmark(a.methods, a.img_size, a.batch_size, a.labeled_bs, a.iters, a.warmup, a.device, a.amp,
                           a.channels_last, a.root,
                           isolate=not a.no_isolate, fast=a.fast)
@@ -450,19 +470,24 @@ def _acdc_command(a, command: str) -> int:
         raise ConfigError(f"--paper is --preset paper; it contradicts --preset {a.preset}")
     preset = "paper" if a.paper else a.preset or "cpu"
     if a.root is not None and not Path(a.root).is_dir(): raise DataError(f"--root {a.root}: not a folder")
-    out = Path(a.out or f"results/{a.dataset}")
+    out = output_folder(a.out or f"results/{a.dataset}")
     res = acdc_benchmark(a.root, a.labeled_patients, a.methods, a.seeds, out, preset, a.progress, a.dataset, **over)
     res["command"] = command
     stem = f"{a.dataset}_p{a.labeled_patients}" + ("" if preset == "cpu" else f"_{preset}")
     (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
     (out / f"{stem}.md").write_text(f"{result_header(res)}\n\n{acdc_table(res)}\n")
     _write_label_efficiency(out, res["machine"], PUBLISHED if a.dataset == "acdc" else ())
-    print(f"{result_header(res)}\n\n{acdc_table(res)}\n\nwrote {out / stem}.json, .md, label_efficiency.json/.png "
-          f"({res['wall_s'] / 60:.1f} min)")
+    earlier = sum(r["status"] == "earlier" for r in res["records"])
+    covers = (f"the table covers {len(res['records'])} runs: {len(res['records']) - earlier} of this command and {earlier} "
+              f"finished earlier with the same settings in {out / 'runs'}" if earlier else
+              f"the table covers this command's {len(res['records'])} runs")
+    print(f"{result_header(res)}\n\n{acdc_table(res)}\n\n{covers}; wrote {out / stem}.json, .md, "
+          f"label_efficiency.json/.png ({res['wall_s'] / 60:.1f} min)")
     return 0
 
 # %% ../nbs/reference/cli.ipynb #e7ce66acs2
 def _demo_command(a, command: str) -> int:
+    output_folder(a.out)
     variants = ("preset",) + (("official_augment",) if a.official_augment else ())
     variants += ("without_prototypes",) if a.without_prototypes else ()
     variants += ("supervised", "fixmatch") if a.compare_methods else ()
@@ -511,12 +536,23 @@ def _inference_command(a, command: str) -> int:
     if a.out: _write_results(a.out, results, command)
     return 0
 
+# %% ../nbs/reference/cli.ipynb #05ec6a1a
+def _check_notebook(path: Path):
+    "Refuse a file that is not a readable Jupyter notebook, naming it, before any notebook runs."
+    import nbformat
+    try: nbformat.read(path, as_version=4)
+    except Exception as e:              # nbformat's NotJSONError, a validation error, a decoding error...
+        first = (str(e).splitlines() or [''])[0][:100]
+        raise DataError(f"{path}: not a Jupyter notebook ({type(e).__name__}: {first})") from None
+
 # %% ../nbs/reference/cli.ipynb #benchnbcmd
 def _notebooks_command(a, command: str) -> int:
     "`diffseg-bench notebooks`: time the lessons; 1 when one fails or runs over `--limit`."
     paths = [Path(p) for p in a.notebooks] or sorted(Path("nbs").glob("[0-9]*.ipynb"))
     missing = [str(p) for p in paths if not p.is_file()]
     if not paths or missing: raise DataError(f"no such notebook: {missing or 'nbs/[0-9]*.ipynb'}")
+    for p in paths: _check_notebook(p)                           # every file is a notebook, before any of them runs
+    output_folder(a.out)
     res = {**notebooks_benchmark(paths, a.limit, a.timeout, a.store), "command": command}
     md = write_result(res, a.out, "notebooks", notebooks_table(res)).with_suffix(".md")
     print(f"{md.read_text()}\nwrote {md}")

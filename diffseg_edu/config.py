@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['METHODS', 'SETTING_RULES', 'PRESETS', 'LEGACY', 'UNREAD', 'ConfigError', 'DataSettings', 'OptimSettings',
            'MethodSwitches', 'RunSettings', 'TrainConfig', 'check_settings', 'make_config', 'refine_config',
-           'augment_config', 'same_config', 'check_config', 'bf16_native', 'fast_settings']
+           'augment_config', 'config_differences', 'same_config', 'check_config', 'bf16_native', 'fast_settings']
 
 # %% ../nbs/reference/config.ipynb #860312f7
 import copy, math
@@ -94,6 +94,15 @@ class TrainConfig(RunSettings, MethodSwitches, OptimSettings, DataSettings):
     """Everything a run needs: the fields of the four groups above, data first. The defaults are the official DiffRect
     protocol on ACDC (the `paper` preset)."""
     # every way of making a config (CLI, preset, code, a saved file) is checked here
+    def __new__(cls, *args, **kwargs):
+        # an unknown name is the project's error, with the closest names, not the dataclass's TypeError
+        unknown = sorted(set(kwargs) - {f.name for f in fields(cls)})
+        if unknown:
+            import difflib
+            near = {u: difflib.get_close_matches(u, [f.name for f in fields(cls)], 2) for u in unknown}
+            raise ConfigError("unknown setting(s) " + ", ".join(f"{u!r}" + (f" (did you mean {' or '.join(n)}?)" if n else "")
+                                                              for u, n in near.items()))
+        return super().__new__(cls)
     def __post_init__(self): check_settings(self)
 
 # %% ../nbs/reference/config.ipynb #set0code
@@ -195,15 +204,22 @@ _RECTIFIER = ("rect_ramp", "refine_lr", "refine_poly", "refine_start", "guidance
 # settings a method never reads
 UNREAD = {"supervised": ("consistency", "uncertain", *_RECTIFIER), "fixmatch": _RECTIFIER}
 
-def same_config(stored: dict, cfg: TrainConfig) -> bool:
-    """Whether a saved config (a dict from `config.json` or a checkpoint) describes `cfg`; settings added since it was
-    saved count at their defaults, except those in `LEGACY` (a config saved before `schedule` existed ran the fixed
-    schedule). Settings the method never reads (`UNREAD`: the rectifier's, for the baselines) do not make it another
-    run."""
+def config_differences(stored: dict, cfg: TrainConfig) -> list:
+    """How a saved config (a dict from `config.json` or a checkpoint) differs from `cfg`, one `name: saved X, now Y`
+    per setting; `[]` when it describes the same run. Settings added since it was saved count at their defaults,
+    except those in `LEGACY` (a config saved before `schedule` existed ran the fixed schedule). Settings the method
+    never reads (`UNREAD`: the rectifier's, for the baselines) do not make it another run."""
     def read(c: TrainConfig) -> dict: return {k: v for k, v in asdict(c).items() if k not in UNREAD.get(c.method, ())}
-    try: return read(TrainConfig(**{**LEGACY, **stored})) == read(cfg)
+    try: saved = read(TrainConfig(**{**LEGACY, **stored}))
     # an unknown or invalid saved setting: not the same run
-    except (TypeError, ConfigError): return False
+    except (TypeError, ConfigError) as e: return [f"the saved config is not valid here ({e})"]
+    now = read(cfg)
+    return [f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+            if saved.get(k) != now.get(k)]
+
+def same_config(stored: dict, cfg: TrainConfig) -> bool:
+    "Whether a saved config describes `cfg` (`config_differences` finds nothing)."
+    return not config_differences(stored, cfg)
 
 # %% ../nbs/reference/config.ipynb #3cfcc073s4
 def _check_augment(cfg: TrainConfig):

@@ -27,7 +27,7 @@ from .diffusion import RefineNet, diffrect_iteration
 from .prototypes import PrototypeConfig, PrototypeContrast
 from .config import ConfigError, TrainConfig, augment_config, check_config, fast_settings, refine_config
 from .engine import (
-    Distributed, RunModels, SyncedOptimizer, hold_folder, resume_state, rng_state, training_state)
+    Distributed, RunModels, SyncedOptimizer, check_run_folder, hold_folder, resume_state, rng_state, training_state)
 
 # %% ../nbs/06_training.ipynb #5c8e1a02
 def run_schedule(cfg: TrainConfig) -> dict:
@@ -213,9 +213,7 @@ def open_run(cfg: TrainConfig, out: Path, dist: "Distributed", resume: bool = Fa
              progress: bool = False) -> TrainingRun:
     """Open a run: check the folder, build data and models, restore `last.pt` when resuming, write `config.json`, start
     the log."""
-    held = (out / "last.pt").exists() or previous_of(out / "last.pt").exists()
-    if resume and not held: raise ConfigError(f"--resume: {out / 'last.pt'} not found")
-    if not resume and held: raise ConfigError(f"{out} already holds a run (last.pt); use resume or another folder")
+    check_run_folder(cfg, out, resume)            # a folder holding another run is refused (reference/engine)
     # what runs; `cfg` (as given) is what the files record
     run, models = prepare_run(cfg, N_CLASSES[cfg.dataset], dist.device)
     if dist.world > 1:
