@@ -124,7 +124,8 @@ def eval_parser() -> argparse.ArgumentParser:
                    help="any split with a <split>.list in the root (frame data sets: train/val/test)")
     p.add_argument("--out", help="write the results as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--img-size", type=positive_int, help="network input size (default: the checkpoint's img_size, else 256)")
+    p.add_argument("--img-size", type=positive_int,
+                   help="network input size (default: the checkpoint's img_size, else 256)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="slices per forward pass")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: CUDA when present)")
     p.add_argument("--policy", choices=POLICIES,
@@ -287,7 +288,8 @@ def add_noise_command(sub) -> argparse.ArgumentParser:
         n.add_argument("--" + name.replace("_", "-"), type=positive_int, default=getattr(d, name),
                        help=f"{text} (default {getattr(d, name)})")
     n.add_argument("--lr", type=positive_float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
-    n.add_argument("--beta", type=nonneg_float, default=d.beta, help=f"weight β of the prototype term (default {d.beta})")
+    n.add_argument("--beta", type=nonneg_float, default=d.beta,
+                   help=f"weight β of the prototype term (default {d.beta})")
     return n
 
 # %% ../nbs/reference/cli.ipynb #0739e3abs1
@@ -361,7 +363,8 @@ def add_demo_command(sub):
     "The `demo` subcommand of `diffseg-bench`: the demo preset timed as a user runs it, against its goals."
     d = sub.add_parser("demo",
                        help="time the demo preset as a user runs it (a child process per seed) against its goals")
-    d.add_argument("--seeds", type=seed_int, nargs="+", action=Distinct, default=[0], help="seeds, one run each (default 0)")
+    d.add_argument("--seeds", type=seed_int, nargs="+", action=Distinct, default=[0],
+                   help="seeds, one run each (default 0)")
     d.add_argument("--preset", default="demo", help="demo or demo-xa (default demo)")
     d.add_argument("--official-augment", action="store_true", help="also run every seed with the official augmentation")
     d.add_argument("--without-prototypes", action="store_true",
@@ -434,8 +437,9 @@ def _speed_command(a, command: str) -> int:
     if table.is_file() and not a.overwrite:                      # another --methods would silently shrink the table
         dropped = sorted({r["method"] for r in json.loads(table.read_text()).get("rows", [])} - {"floor", *a.methods})
         if dropped:
-            raise DataError(f"{table}: holds timings of {dropped} that this run would drop (timings of different runs are "
-                            "not comparable, so they are not merged); time them too, pass --overwrite, or choose another --out")
+            raise DataError(f"{table}: holds timings of {dropped} that this run would drop (timings of different "
+                            "runs are not comparable, so they are not merged); time them too, pass --overwrite, or "
+                            "choose another --out")
     res = speed_benchmark(a.methods, a.img_size, a.batch_size, a.labeled_bs, a.iters, a.warmup, a.device, a.amp,
                           a.channels_last, a.root,
                           isolate=not a.no_isolate, fast=a.fast)
@@ -478,9 +482,10 @@ def _acdc_command(a, command: str) -> int:
     (out / f"{stem}.md").write_text(f"{result_header(res)}\n\n{acdc_table(res)}\n")
     _write_label_efficiency(out, res["machine"], PUBLISHED if a.dataset == "acdc" else ())
     earlier = sum(r["status"] == "earlier" for r in res["records"])
-    covers = (f"the table covers {len(res['records'])} runs: {len(res['records']) - earlier} of this command and {earlier} "
+    n_runs = len(res["records"])
+    covers = (f"the table covers {n_runs} runs: {n_runs - earlier} of this command and {earlier} "
               f"finished earlier with the same settings in {out / 'runs'}" if earlier else
-              f"the table covers this command's {len(res['records'])} runs")
+              f"the table covers this command's {n_runs} runs")
     print(f"{result_header(res)}\n\n{acdc_table(res)}\n\n{covers}; wrote {out / stem}.json, .md, "
           f"label_efficiency.json/.png ({res['wall_s'] / 60:.1f} min)")
     return 0

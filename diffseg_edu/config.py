@@ -100,8 +100,8 @@ class TrainConfig(RunSettings, MethodSwitches, OptimSettings, DataSettings):
         if unknown:
             import difflib
             near = {u: difflib.get_close_matches(u, [f.name for f in fields(cls)], 2) for u in unknown}
-            raise ConfigError("unknown setting(s) " + ", ".join(f"{u!r}" + (f" (did you mean {' or '.join(n)}?)" if n else "")
-                                                              for u, n in near.items()))
+            hint = lambda n: f" (did you mean {' or '.join(n)}?)" if n else ""
+            raise ConfigError("unknown setting(s) " + ", ".join(f"{u!r}{hint(n)}" for u, n in near.items()))
         return super().__new__(cls)
     def __post_init__(self): check_settings(self)
 

@@ -237,7 +237,8 @@ def output_file(path, what: str = "--out", overwrite: bool = True) -> Path:
     nothing. `overwrite=False` refuses a file that exists (the command's `--overwrite` allows it)."""
     path = Path(path)
     if path.is_dir(): raise DataError(f"{what} {path}: is a folder, expected a file name")
-    if path.is_symlink() and not path.exists(): raise DataError(f"{what} {path}: a link to nothing ({os.readlink(path)})")
+    if path.is_symlink() and not path.exists():
+        raise DataError(f"{what} {path}: a link to nothing ({os.readlink(path)})")
     if not overwrite and path.exists():
         raise DataError(f"{what} {path}: the file exists; pass --overwrite to replace it, or choose another name")
     output_folder(path.parent, f"{what} {path}: its folder")
@@ -249,7 +250,8 @@ def output_folder(path, what: str = "--out") -> Path:
     """`path` as a folder a command may write into (created if missing): a file, a dangling link or a folder without
     write permission is refused naming it, before the work starts."""
     path = Path(path)
-    if path.is_symlink() and not path.exists(): raise DataError(f"{what} {path}: a link to nothing ({os.readlink(path)})")
+    if path.is_symlink() and not path.exists():
+        raise DataError(f"{what} {path}: a link to nothing ({os.readlink(path)})")
     if path.exists() and not path.is_dir(): raise DataError(f"{what} {path}: is a file, expected a folder")
     try: path.mkdir(parents=True, exist_ok=True)
     except FileExistsError: raise DataError(f"{what} {path}: a file is in the way ({path})") from None
@@ -318,7 +320,8 @@ RESULTS_INDEX = "index.txt"
 def results_index(folder) -> list:
     "Sorted POSIX paths, relative to the results folder `folder`, of every file in it (the index itself left out)."
     folder = Path(folder)
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p != folder / RESULTS_INDEX)
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.is_file() and p != folder / RESULTS_INDEX)
 
 
 # %% ../nbs/reference/core.ipynb #83b327ac

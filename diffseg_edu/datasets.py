@@ -5,18 +5,18 @@
 # %% auto #0
 __all__ = ['REGISTRY', 'COMPLETE', 'PHANTOM_OF', 'FRAME_READERS', 'DATASETS', 'Source', 'sha256sum', 'fetch_file',
            'finish_unpacked', 'download', 'default_synthetic_root', 'default_varied_root', 'default_xa_root',
-           'AnnotatedFrames', 'DatasetSpec', 'dataset_spec', 'open_cases', 'dataset_info']
+           'AnnotatedFrames', 'DatasetSpec', 'check_patient_leaks', 'dataset_spec', 'open_cases', 'dataset_info']
 
 # %% ../nbs/reference/datasets.ipynb #90552baf
 import hashlib, json, os, re, shutil, tarfile, time, zipfile
 import numpy as np
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 from fastcore.basics import patch
 
 from .core import DataError, data_cache
-from .data import ACDC_CLASSES, H5Slices, H5Volumes, patient_of, patients_to_slices, split_by_group
+from .data import ACDC_CLASSES, H5Slices, H5Volumes, patient_of, patients_to_slices, read_list, split_by_group
 from .frames import ENDOSCAPES_CLASSES, EndoscapesFrames, MOSXAVFrames, MOSXAV_CLASSES, sequence_of
 from .phantoms import write_synthetic, write_xa_synthetic
 
@@ -223,11 +223,27 @@ def frames(self: DatasetSpec, root, split: str):
     "The frames of `split` (`train`, `val`, `test`) of a frame data set."
     return FRAME_READERS[self.layout](root, split, self.n_classes)
 
+# %% ../nbs/reference/datasets.ipynb #e893abf5
+def check_patient_leaks(root, train_names: Sequence):
+    "Refuse an SSL4MIS root in which a training patient also appears in another split list (`val`, `test`, ...)."
+    train = {patient_of(n) for n in train_names}
+    for lst in sorted(Path(root).glob("*.list")):
+        if lst.stem == "train_slices" or lst.stem.startswith("train"): continue
+        shared = sorted(train & {patient_of(n) for n in read_list(root, lst.stem)})
+        if shared:
+            raise DataError(f"{lst}: patient(s) {shared[:5]}{' and more' if len(shared) > 5 else ''} are also in "
+                            f"{Path(root) / 'train_slices.list'}; a patient belongs to one split (its slices would be "
+                            "scored after training on them)")
+
 # %% ../nbs/reference/datasets.ipynb #regtrain
 @patch
 def train_cases(self: DatasetSpec, root):
-    "The cases to train on: the h5 slices (ssl4mis) or every frame of the train split (labelled or not)."
-    return H5Slices(root) if self.layout == "ssl4mis" else self.frames(root, "train")
+    """The cases to train on: the h5 slices (ssl4mis; a patient also listed in another split is refused,
+    `check_patient_leaks`) or every frame of the train split (labelled or not)."""
+    if self.layout != "ssl4mis": return self.frames(root, "train")
+    slices = H5Slices(root)
+    check_patient_leaks(root, slices.names)
+    return slices
 
 # %% ../nbs/reference/datasets.ipynb #regsplit
 @patch

@@ -183,7 +183,8 @@ def hold_folder(out: Path, dist: "Distributed", what: str):
         yield
 
 # %% ../nbs/reference/engine.ipynb #c5058108
-RUN_FILES = ("config.json", "log.csv", "best.pt", "last.pt", "last.prev.pt", "metrics.json", "curves.png", "timing.json")
+RUN_FILES = ("config.json", "log.csv", "best.pt", "last.pt", "last.prev.pt", "metrics.json", "curves.png",
+             "timing.json")
 
 def check_run_folder(cfg, out: Path, resume: bool = False):
     """Refuse to start `cfg` in `out` when the folder holds a run: `resume` needs `last.pt` (or its fallback); a new
@@ -195,7 +196,8 @@ def check_run_folder(cfg, out: Path, resume: bool = False):
         if not held: raise ConfigError(f"--resume: {out / 'last.pt'} not found")
         return
     if not found: return
-    if held: raise ConfigError(f"{out} already holds a run (last.pt); continue it with --resume, or choose another folder")
+    if held:
+        raise ConfigError(f"{out} already holds a run (last.pt); continue it with --resume, or choose another folder")
     try: differ = config_differences(json.loads((out / "config.json").read_text()), cfg)
     except (OSError, ValueError): differ = ["no readable config.json"]
     finished = [f for f in ("best.pt", "metrics.json") if (out / f).exists()]

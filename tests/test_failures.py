@@ -214,8 +214,8 @@ def test_eval_checks_out_and_sizes_before_evaluating(synthetic_root, tmp_path, c
     assert eval_main([*base, "--out", str(tmp_path)]) == 2              # a folder, not a file: refused before any output
     err = capsys.readouterr()
     assert err.out == "" and "is a folder" in one_line_error(err.err, tmp_path)
-    assert eval_main([*base, "--img-size", "0"]) == 2
-    one_line_error(capsys.readouterr().err, "--img-size 0", "positive multiple of 16")
+    assert eval_main([*base, "--img-size", "24"]) == 2                  # 0 is refused by the parser (test_faults)
+    one_line_error(capsys.readouterr().err, "--img-size 24", "positive multiple of 16")
     bad = save_checkpoint(tmp_path / "crafted.pt", UNet(n_classes=4), img_size="abc")
     assert eval_main(["--ckpt", str(bad), "--dataset", "synthetic", "--root", str(synthetic_root)]) == 2
     one_line_error(capsys.readouterr().err, "crafted.pt: img_size 'abc'")
