@@ -179,6 +179,8 @@ def _eval(a) -> int:
     if in_ch != spec.in_channels:
         raise ModelError(f"{a.ckpt}: the checkpoint's network reads {in_ch}-channel images but {a.dataset} images have "
                          f"{spec.in_channels} channel(s)")
+    frames = getattr(cases, "frames", None)                      # frame data sets: how many frames were read, so
+    if frames is not None: print(f"read {frames.summary()}")     # that a file that dropped out would show
     ev = evaluate(model, cases, n_classes, size, a.batch_size, a.policy or spec.policy, amp=a.amp, device=device,
                   class_names=spec.classes, fast=a.fast, group_of=spec.group_of)
     print(f"{a.ckpt} on {a.dataset}/{a.split} ({len(cases)} cases, input {size[0]}×{size[1]}, {device})")
@@ -249,6 +251,10 @@ def train_main(argv: Sequence = None) -> int:
 def _train_command(a: argparse.Namespace) -> int:
     over = {k: v for k, v in vars(a).items() if v is not None and k not in ("preset", "out", "resume", "quiet", "set")}
     cfg = check_config(make_config(a.preset, **{**over, **parse_sets(a.set)}))
+    spec = DATASETS[cfg.dataset]
+    if spec.layout != "ssl4mis" and not a.quiet:                 # the frames read per split, before the run
+        root = spec.root(cfg.root, f"--dataset {cfg.dataset}")
+        for split in ("train", "val"): print(f"read {spec.frames(root, split).summary()}", file=sys.stderr)
     try: summary = train(cfg, a.out, resume=a.resume, progress=not a.quiet)
     except FloatingPointError as e:
         print(f"diffseg-train: stopped: {e}", file=sys.stderr)

@@ -63,7 +63,8 @@ def list_images(folder, kind: str = "frame") -> dict:
         if suffix not in allowed:
             lossy = "; JPEG is lossy: it blurs the class ids at the edges" if kind == "mask" and "jp" in suffix else ""
             raise DataError(f"{p}: a {kind} file must be {', '.join(allowed)} (any case){lossy}")
-        if p.stem in found: raise DataError(f"{p}: a second file for {kind} {p.stem!r} beside {found[p.stem]}; keep one")
+        if p.stem in found:
+            raise DataError(f"{p}: a second file for {kind} {p.stem!r} beside {found[p.stem]}; keep one")
         found[p.stem] = p
     return dict(sorted(found.items()))
 
@@ -75,8 +76,8 @@ def mask_ids(im, path, colours: dict, unknown: str = "colours {colours} are not 
     (`{(r, g, b): id}`; another colour is refused with the message `unknown`); P by colour when every palette colour
     used is in `colours`, else by index; L, LA (grey channel), I;16, I, 1: values are ids. Another mode is refused."""
     if im.mode not in MASK_MODES:
-        raise DataError(f"{path}: a mask in mode {im.mode}; masks are read in modes {', '.join(MASK_MODES)} (save it as "
-                        "an 8-bit grey or RGB PNG)")
+        raise DataError(f"{path}: a mask in mode {im.mode}; masks are read in modes {', '.join(MASK_MODES)} (save it "
+                        "as an 8-bit grey or RGB PNG)")
     pixels = np.asarray(im)
     if pixels.size == 0: return np.zeros(pixels.shape[:2], np.int64)
     if im.mode == "P":

@@ -118,7 +118,8 @@ def test_mosxav_duplicates_orphans_and_jpeg_masks_are_refused(mosxav):
     with pytest.raises(DataError, match=r"00005.png: a mask without its frame"): MOSXAVFrames(mosxav, "val")
     shutil.copy(frames / "00004.jpg", frames / "00005.jpg")
     Image.open(masks / "00000.png").save(masks / "00003.jpg")
-    with pytest.raises(DataError, match=r"00003.jpg: a mask file must be .png \(any case\); JPEG is lossy"): MOSXAVFrames(mosxav, "val")
+    with pytest.raises(DataError, match=r"00003.jpg: a mask file must be .png \(any case\); JPEG is lossy"):
+        MOSXAVFrames(mosxav, "val")
 
 def test_endoscapes_renamed_extensions_duplicates_and_jpeg_masks(tmp_path):
     root = write_endoscapes_sample(tmp_path / "endoscapes", videos=(1, 1, 1), n_frames=3, every=2, size=(24, 32))
@@ -177,24 +178,36 @@ def evaluate(ckpt, root, out, capsys) -> tuple:
     captured = capsys.readouterr()
     return code, captured.out, captured.err, (json.loads(out.read_text()) if code == 0 else None)
 
-def test_eval_counts_renamed_masks_and_reads_every_mode(tmp_path, capsys, ckpt):
-    root = write_mosxav_sample(tmp_path / "MOSXAV_Dataset", n_train=1, n_val=1, n_test=1, n_frames=10, size=32, rgb_masks=True)
-    frames, masks = val_dirs(root)
-    code, out, err, ref = evaluate(ckpt, root, tmp_path / "a.json", capsys)
-    assert code == 0, err
-    assert "(2 cases" in out
+def test_eval_counts_renamed_masks(tmp_path, capsys, ckpt, mosxav):
+    frames, masks = val_dirs(mosxav)
+    code, out, err, ref = evaluate(ckpt, mosxav, tmp_path / "a.json", capsys)
+    assert code == 0 and "(2 cases" in out, err
     (masks / "00005.png").rename(masks / "00005.PNG")                      # used to vanish: 1 case instead of 2
-    code, out, err, ev = evaluate(ckpt, root, tmp_path / "b.json", capsys)
-    assert code == 0 and "(2 cases" in out and ev["per_case"] == ref["per_case"], err
-    Image.open(masks / "00000.png").convert("P", palette=Image.ADAPTIVE).save(masks / "00000.png")   # same colours, new indices
-    Image.open(masks / "00005.PNG").convert("P", palette=Image.ADAPTIVE).save(masks / "00005.PNG")
-    code, out, err, ev = evaluate(ckpt, root, tmp_path / "c.json", capsys)
-    assert code == 0 and ev["per_case"] == ref["per_case"], err
-    ids = read_mosxav_mask(masks / "00000.png")
-    Image.fromarray(ids.astype(np.uint16)).save(masks / "00000.png")                              # 16-bit grey
-    Image.fromarray(read_mosxav_mask(masks / "00005.PNG").astype(np.uint8)).convert("LA").save(masks / "00005.PNG")
-    code, out, err, ev = evaluate(ckpt, root, tmp_path / "d.json", capsys)
-    assert code == 0 and ev["per_case"] == ref["per_case"], err
+    (frames / "00000.jpg").rename(frames / "00000.JPG")
+    code, out, err, ev = evaluate(ckpt, mosxav, tmp_path / "b.json", capsys)
+    assert code == 0 and "(2 cases" in out, err
+    assert "read MOSXAV val: 10 frames, 2 annotated, 1 sequence" in out            # the count is printed: a loss would show
+    assert [c["name"] for c in ev["per_case"]] == ["v01/00000", "v01/00005"]
+
+def preview(root, out, capsys) -> bytes:
+    "The overlay grid `diffseg-data preview` draws of the two annotated val frames: it shows the labels as read."
+    code = data_main(["preview", "--dataset", "mosxav", "--root", str(root), "--split", "val", "--n", "2", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    return out.read_bytes()
+
+def test_preview_reads_masks_in_every_mode(tmp_path, capsys):
+    root = write_mosxav_sample(tmp_path / "MOSXAV_Dataset", n_train=1, n_val=1, n_test=1, n_frames=10, size=32, rgb_masks=True)
+    _, masks = val_dirs(root)
+    ref = preview(root, tmp_path / "ref.png", capsys)
+    ids = {n: read_mosxav_mask(masks / n) for n in ("00000.png", "00005.png")}
+    for n in ids: Image.open(masks / n).convert("P", palette=Image.ADAPTIVE).save(masks / n)   # same colours, new indices
+    assert preview(root, tmp_path / "p.png", capsys) == ref
+    Image.fromarray(ids["00000.png"].astype(np.uint16)).save(masks / "00000.png")               # 16-bit grey
+    Image.fromarray(ids["00005.png"].astype(np.uint8)).convert("LA").save(masks / "00005.png")  # grey + alpha
+    assert preview(root, tmp_path / "g.png", capsys) == ref
+    Image.fromarray(((ids["00000.png"] + 1) % 5).astype(np.uint8)).save(masks / "00000.png")  # other labels: seen
+    assert preview(root, tmp_path / "x.png", capsys) != ref
 
 def test_eval_refuses_masks_it_cannot_read(tmp_path, capsys, ckpt, mosxav):
     frames, masks = val_dirs(mosxav)
