@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .core import data_cache, machine_description, pick_device
+from .core import Terminated, data_cache, machine_description, pick_device, signalled
 from .data import H5Volumes, WeakStrongAugment, patient_of, split_by_group, train_loader
 from .phantoms import write_synthetic
 from .datasets import DATASETS, PHANTOM_OF, dataset_spec
@@ -597,6 +597,24 @@ def _failed_cell(nb, e: Exception) -> str:
                 return f"cell [{i}] `{_first_line(c.source)}`: {o.get('ename')}: {o.get('evalue', '')[:200]}"
     return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1][:200]}"
 
+# %% ../nbs/reference/bench.ipynb #15517730
+import asyncio
+
+class _CommandLoop(asyncio.SelectorEventLoop):
+    "An event loop that leaves signal handling to the command (`guard_command`): nbclient's handlers are not installed."
+    def add_signal_handler(self, sig, callback, *args): pass
+    def call_exception_handler(self, context):
+        # an interrupted run leaves nbclient's polling tasks pending: not worth a traceback after the command's line
+        if not str(context.get("message", "")).startswith("Task was destroyed"): super().call_exception_handler(context)
+
+# %% ../nbs/reference/bench.ipynb #3a56667a
+def _end_kernel(client):
+    "Stop the kernel of an interrupted `NotebookClient` at once (its event loop stopped with the interruption)."
+    proc = getattr(getattr(getattr(client, "km", None), "provisioner", None), "process", None)
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+
 # %% ../nbs/reference/bench.ipynb #nbtime
 def time_notebook(path, timeout: int = 900, kernel: str = "python3", store: bool = False) -> dict:
     """Run notebook `path` top to bottom in a fresh kernel in its own folder, at its default size (`IN_TEST` unset);
@@ -608,8 +626,20 @@ def time_notebook(path, timeout: int = 900, kernel: str = "python3", store: bool
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name=kernel, resources={"metadata": {"path": str(path.parent)}})
     error, t0 = None, time.perf_counter()
-    try: client.execute(env={k: v for k, v in os.environ.items() if k != "IN_TEST"})   # the kernel's environment
+    loop = _CommandLoop()                 # Ctrl-C and SIGTERM keep stopping the command, not only the notebook
+    env = {k: v for k, v in os.environ.items() if k != "IN_TEST"}         # the kernel's environment
+    try: inside_loop = asyncio.get_running_loop() is not None   # in a Jupyter kernel: nbclient uses its own thread
+    except RuntimeError: inside_loop = False
+    task = None if inside_loop else loop.create_task(client.async_execute(env=env))
+    try: client.execute(env=env) if inside_loop else loop.run_until_complete(task)
+    except KeyboardInterrupt:             # Ctrl-C, or SIGTERM/SIGHUP (`Terminated`): end the kernel, then the command
+        if task is not None:
+            task.cancel()                 # nbclient shuts its kernel down as the task unwinds
+            loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+        _end_kernel(client)               # in case that shutdown did not finish
+        raise
     except Exception as e: error = _failed_cell(nb, e)
+    finally: loop.close()
     cells = [{"index": i, "seconds": cell_seconds(c), "first_line": _first_line(c.source)}
              for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     if store and error is None: nbformat.write(nb, path)
@@ -624,6 +654,7 @@ def notebooks_benchmark(paths: Sequence, limit: float = 120, timeout: int = 900,
     t0, rows = time.perf_counter(), []
     for p in paths:
         rows.append({**time_notebook(p, timeout, store=store), "limit_s": LESSON_LIMITS.get(Path(p).name, limit)})
+        if signalled(): raise Terminated(signalled())       # nbclient reports an interrupted cell as an error
         r = rows[-1]
         print(f"{r['notebook']}: {r['seconds']:.0f} s" + (f" — {r['error']}" if r["error"] else ""), file=sys.stderr)
     settings = {"limit_s": limit, "timeout_s": timeout, "acdc": os.environ.get("DIFFSEG_ACDC")}

@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['SEED_MAX', 'RESULTS_URL', 'RESULTS_INDEX', 'DiffsegError', 'DataError', 'FolderBusy', 'folder_lock', 'write_once',
-           'widgets_live', 'os_message', 'Terminated', 'signals_as_interrupts', 'guard_command', 'sha256_hex',
-           'positive_int', 'nonneg_int', 'seed_int', 'real_number', 'positive_float', 'nonneg_float', 'unit_float',
-           'Distinct', 'device_of', 'pick_device', 'output_file', 'output_folder', 'machine_description', 'data_cache',
-           'repo_results', 'stored_result', 'results_index', 'stored_results']
+           'widgets_live', 'os_message', 'signalled', 'Terminated', 'signals_as_interrupts', 'guard_command',
+           'sha256_hex', 'positive_int', 'nonneg_int', 'seed_int', 'real_number', 'positive_float', 'nonneg_float',
+           'unit_float', 'Distinct', 'device_of', 'pick_device', 'output_file', 'output_folder', 'machine_description',
+           'data_cache', 'repo_results', 'stored_result', 'results_index', 'stored_results']
 
 # %% ../nbs/reference/core.ipynb #2ba4b433
 import argparse, contextlib, json, os, platform, re, sys, time
@@ -89,6 +89,13 @@ def os_message(e: OSError) -> str:
     return f"{names}: {e.strerror}" if names and e.strerror else str(e).replace("\n", " ")
 
 # %% ../nbs/reference/core.ipynb #3ac02e51
+_SIGNALLED = []     # the signal received while `signals_as_interrupts` was active, if any
+
+def signalled():
+    """The SIGTERM/SIGHUP received during the current command, or None: a loop that calls libraries which may swallow
+    the `Terminated` exception (a notebook runner, a process pool) checks it between its steps."""
+    return _SIGNALLED[0] if _SIGNALLED else None
+
 class Terminated(KeyboardInterrupt):
     "SIGTERM or SIGHUP, raised where the program is, like Ctrl-C; `signum` is the signal."
     def __init__(self, signum: int):
@@ -106,7 +113,8 @@ def signals_as_interrupts(signums: tuple = None):
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    fired = []
+    fired = _SIGNALLED
+    fired.clear()
     def handler(signum, frame):
         if fired: return
         fired.append(signum)
@@ -123,7 +131,10 @@ def guard_command(prog: str, body: Callable, *args, on_interrupt: Callable = Non
     line and returns 2, Ctrl-C prints `on_interrupt()` (where to resume) and returns 130, SIGTERM/SIGHUP the same line
     and 128 + the signal (143, 129)."""
     try:
-        with signals_as_interrupts(): return body(*args)
+        with signals_as_interrupts():
+            code = body(*args)
+            if signalled(): raise Terminated(signalled())     # a library swallowed the interrupt: still report it
+            return code
     except DiffsegError as e: line, code = f"error: {e}", 2
     except OSError as e: line, code = f"error: {os_message(e)}", 2
     except KeyboardInterrupt as e:

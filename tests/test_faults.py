@@ -194,3 +194,19 @@ def test_a_failed_benchmark_leaves_no_empty_run_folder(synthetic_root, tmp_path,
 def test_unknown_settings_are_the_projects_error():
     with pytest.raises(ConfigError, match="unknown setting"): TrainConfig(nosuch=1)
     with pytest.raises(ConfigError, match="did you mean iters"): TrainConfig(iter=3)
+
+def test_sigterm_ends_a_notebook_benchmark_not_just_its_notebook(tmp_path):
+    "nbclient's own SIGTERM handler would end one notebook and start the next; the command must end."
+    import nbformat, time
+    for name in ("slow.ipynb", "slow2.ipynb"):
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import time; time.sleep(60)")]), tmp_path / name)
+    proc = subprocess.Popen(["diffseg-bench", "notebooks", str(tmp_path / "slow.ipynb"), str(tmp_path / "slow2.ipynb"),
+                             "--out", str(tmp_path / "out")], stderr=subprocess.PIPE, text=True, env=ENV)
+    time.sleep(8)                                                       # the kernel is up and running the first cell
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert time.time() - t0 < 30                                       # the second notebook never started
+    assert err.strip().splitlines()[-1] == "diffseg-bench: ended by SIGTERM"
+    assert not (tmp_path / "out" / "notebooks.json").exists()
