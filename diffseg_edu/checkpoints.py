@@ -78,7 +78,7 @@ def _write_failure(e: BaseException, path: Path) -> BaseException:
     """What a failed checkpoint write raises: Ctrl-C inside torch.save's writer stays a `KeyboardInterrupt`; a failed
     write (an `OSError`, or the `RuntimeError` torch.save reports) becomes an `OSError` naming `path`, ENOSPC when its
     disk is full; anything else is `e` itself."""
-    if isinstance(e.__context__, KeyboardInterrupt): return KeyboardInterrupt()
+    if isinstance(e.__context__, KeyboardInterrupt): return e.__context__     # Ctrl-C, or SIGTERM (`Terminated`)
     if not isinstance(e, (OSError, RuntimeError)): return e
     free = shutil.disk_usage(path.parent).free
     return OSError(errno.ENOSPC if free < 2**20 else errno.EIO,

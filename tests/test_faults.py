@@ -44,6 +44,20 @@ CHILD = textwrap.dedent("""
                 os.kill(os.getpid(), sig); time.sleep(10)
             real(payload, tmp)
         ck._save_synced = interrupted
+    elif where == "torch.save":              # ... inside torch.save's C++ writer, which wraps what a write raises
+        import torch
+        real, n = torch.save, [0]
+        def interrupted(obj, f, **kw):
+            n[0] += 1
+            class Proxy:
+                writes = 0
+                def write(self, b):
+                    Proxy.writes += 1
+                    if n[0] == at and Proxy.writes == 2: os.kill(os.getpid(), sig); time.sleep(10)
+                    return f.write(b)
+                def flush(self): f.flush()
+            real(obj, Proxy(), **kw)
+        torch.save = interrupted
     else:                                    # the signal arrives while iteration `at` trains
         real = tr.set_learning_rates
         def interrupted(r):
@@ -54,7 +68,8 @@ CHILD = textwrap.dedent("""
     sys.exit(train_main(sys.argv[1:]))
 """)
 
-@pytest.mark.parametrize("where, at, name, code", [("write", 3, "SIGTERM", 143), ("train", 3, "SIGHUP", 129)])
+@pytest.mark.parametrize("where, at, name, code", [("write", 3, "SIGTERM", 143), ("torch.save", 3, "SIGTERM", 143),
+                                                   ("train", 3, "SIGHUP", 129)])
 def test_signal_ends_a_run_cleanly_and_resume_is_exact(synthetic_root, tmp_path, where, at, name, code):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert train_main(smoke(synthetic_root, straight)) == 0
