@@ -6,7 +6,8 @@
 __all__ = ['NUMBER_OPTIONS', 'PYTHON_WORDS', 'COMMANDS', 'add_info_and_synthetic', 'add_preview_and_download', 'data_parser',
            'data_main', 'eval_parser', 'eval_main', 'train_parser', 'parse_sets', 'train_main', 'add_noise_command',
            'noise_command', 'add_speed_command', 'add_acdc_command', 'add_demo_command', 'add_augment_command',
-           'add_inference_command', 'add_notebooks_command', 'bench_parser', 'bench_main', 'module_main']
+           'add_inference_command', 'add_notebooks_command', 'add_profile_command', 'bench_parser', 'bench_main',
+           'module_main']
 
 # %% ../nbs/reference/cli.ipynb #0153cbec
 import argparse, json, sys
@@ -30,7 +31,8 @@ from .train import train
 from .bench import (
     PUBLISHED, acdc_benchmark, acdc_table, benchmark_augment, benchmark_inference, benchmark_loader,
     benchmark_metrics, demo_benchmark, demo_table, label_efficiency, notebooks_benchmark, notebooks_table,
-    plot_label_efficiency, result_header, speed_benchmark, speed_table, write_result, write_speed)
+    plot_label_efficiency, profile_iteration, profile_table, result_header, speed_benchmark, speed_stem, speed_table,
+    write_result, write_speed)
 
 # %% ../nbs/reference/cli.ipynb #609dc8da
 def add_info_and_synthetic(sub):
@@ -425,6 +427,21 @@ def add_notebooks_command(sub):
     n.add_argument("--store", action="store_true",
                    help="write the new outputs back into each notebook (after a clean run)")
 
+# %% ../nbs/reference/cli.ipynb #4cda1607
+def add_profile_command(sub):
+    "The `profile` subcommand of `diffseg-bench`: where one training iteration's time goes."
+    p = sub.add_parser("profile", help="profile one training iteration: its top operations and their groups")
+    p.add_argument("--method", choices=("floor", *METHODS), default="diffrect",
+                   help="what to profile (default diffrect)")
+    p.add_argument("--img-size", type=positive_int, default=128, help="square input size (default 128)")
+    p.add_argument("--fast", action="store_true", help="fast mode (diffseg-train --fast)")
+    p.add_argument("--iters", type=positive_int, default=3, help="profiled iterations (default 3)")
+    p.add_argument("--warmup", type=nonneg_int, default=2, help="iterations first, not profiled (default 2)")
+    p.add_argument("--top", type=positive_int, default=12, help="operations listed (default 12)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    p.add_argument("--root", help="ACDC folder (default: the phantom; only shapes matter)")
+    p.add_argument("--out", default="results/speed", help="results folder (default results/speed)")
+
 # %% ../nbs/reference/cli.ipynb #benchp3
 def bench_parser() -> argparse.ArgumentParser:
     "Argument parser of `diffseg-bench`: one subcommand per benchmark."
@@ -433,13 +450,13 @@ def bench_parser() -> argparse.ArgumentParser:
                                             "augmentation and inference speed, pseudo-label noise.")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (add_speed_command, add_acdc_command, add_demo_command, add_augment_command, add_inference_command,
-                add_notebooks_command, add_noise_command): add(sub)
+                add_notebooks_command, add_noise_command, add_profile_command): add(sub)
     return p
 
 # %% ../nbs/reference/cli.ipynb #e7ce66ac
 def _speed_command(a, command: str) -> int:
     output_folder(a.out)                                         # a bad --out fails now, not after the benchmark
-    table = Path(a.out) / f"speed_{device_of(a.device).type}_{a.img_size}.json"
+    table = Path(a.out) / f"{speed_stem(str(device_of(a.device)), a.img_size, machine_description())}.json"
     if table.is_file() and not a.overwrite:                      # another --methods would silently shrink the table
         dropped = sorted({r["method"] for r in json.loads(table.read_text()).get("rows", [])} - {"floor", *a.methods})
         if dropped:
@@ -569,6 +586,19 @@ def _notebooks_command(a, command: str) -> int:
     print(f"{md.read_text()}\nwrote {md}")
     return int(any(r["error"] or r["seconds"] > r["limit_s"] for r in res["rows"]))
 
+# %% ../nbs/reference/cli.ipynb #3b0255cd
+def _profile_command(a, command: str) -> int:
+    "`diffseg-bench profile`: print and write `profile_<method>_<mode>_<kind>_<size>.json/.md`."
+    output_folder(a.out)
+    device = str(device_of(a.device))
+    res = profile_iteration(a.method, a.img_size, a.fast, a.iters, a.warmup, device, a.root, a.top)
+    res["command"] = command
+    kind = res["machine"]["cpu_kind"] if device_of(a.device).type == "cpu" else device_of(a.device).type
+    stem = f"profile_{a.method}_{res['mode']}_{kind}_{a.img_size}"
+    path = write_result(res, a.out, stem, profile_table(res))
+    print(f"{result_header(res)}\n\n{profile_table(res)}\n\nwrote {path} and {path.with_suffix('.md')}")
+    return 0
+
 # %% ../nbs/reference/cli.ipynb #e7ce66acs3
 def bench_main(argv: Sequence = None) -> int:
     """`diffseg-bench`: run a benchmark, print its table, write its result files; 2 on bad input, 130 on Ctrl-C
@@ -577,7 +607,7 @@ def bench_main(argv: Sequence = None) -> int:
     a = bench_parser().parse_args(argv)
     if a.command == "noise": return guard_command("diffseg-bench", noise_command, a)
     commands = {"speed": _speed_command, "acdc": _acdc_command, "demo": _demo_command, "augment": _augment_command,
-                "inference": _inference_command, "notebooks": _notebooks_command}
+                "inference": _inference_command, "notebooks": _notebooks_command, "profile": _profile_command}
     resume = (lambda: "finished runs are kept; the same command resumes the others") if a.command == "acdc" else None
     return guard_command("diffseg-bench", commands[a.command], a, "diffseg-bench " + " ".join(argv),
                          on_interrupt=resume)

@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['METHODS', 'SETTING_RULES', 'PRESETS', 'LEGACY', 'UNREAD', 'ConfigError', 'DataSettings', 'OptimSettings',
            'MethodSwitches', 'RunSettings', 'TrainConfig', 'check_settings', 'make_config', 'refine_config',
-           'augment_config', 'config_differences', 'same_config', 'check_config', 'bf16_native', 'fast_settings']
+           'augment_config', 'dropout_draw', 'config_differences', 'same_config', 'check_config', 'bf16_native',
+           'fast_settings']
 
 # %% ../nbs/reference/config.ipynb #860312f7
 import copy, math
@@ -83,8 +84,10 @@ class RunSettings:
     device: str = "auto"                 # 'auto' = CUDA, else Apple MPS, else CPU
     amp: str = None                      # None or 'bf16' (autocast)
     channels_last: bool = False
-    # bf16 autocast where the hardware has it + channels_last (+ torch.compile on CUDA); see `fast_settings`
+    # bf16 autocast where the hardware has it + channels_last + cheap dropout masks (+ torch.compile on CUDA)
     fast: bool = False
+    # dropout masks: 'torch' (nn.Dropout, official) or 'bits' (15 random bits per element); None: 'bits' under fast
+    dropout_draw: str = None
     tensorboard: bool = False
     preset: str = None
 
@@ -114,7 +117,8 @@ def _one_of(*choices): return (lambda v: v in choices), f"one of {choices}"
 # %% ../nbs/reference/config.ipynb #set0codes2
 SETTING_RULES = {       # name: (test, what the value must be); the type comes from the TrainConfig annotation
     "method": _one_of(*METHODS), "dataset": _one_of(*DATASETS), "optimizer": _one_of("sgd", "adam"),
-    "schedule": _one_of("scaled", "fixed"), "amp": _one_of("bf16"), "guidance": _one_of("official", "per_sample"),
+    "schedule": _one_of("scaled", "fixed"), "amp": _one_of("bf16"),
+    "dropout_draw": _one_of("torch", "bits"), "guidance": _one_of("official", "per_sample"),
     "uncertain": _one_of("background", "ignore"),
     "img_size": ((lambda v: v > 0 and v % 16 == 0), "a positive multiple of 16 (the U-Net pools four times)"),
     **{k: _at_least(1) for k in ("labeled_patients", "iters", "batch_size", "labeled_bs", "val_every", "ckpt_every",
@@ -154,7 +158,8 @@ PRESETS = {
     "cpu": dict(dataset="acdc", labeled_patients=3, img_size=128, iters=1200, val_every=60, ckpt_every=50,
                 refine_start=100, n_val=10,
                 optimizer="adam", lr=2e-3, refine_lr=1e-3, consistency=1.0, uncertain="ignore", rect_ramp=True,
-                fast=True),
+                # fast mode as its stored runs were trained: nn.Dropout masks until 'bits' is shown to keep the Dice
+                fast=True, dropout_draw="torch"),
     "demo-xa": dict(method="diffrect_proto", dataset="xa-synthetic", labeled_patients=3, img_size=96, iters=160,
                     val_every=20, ckpt_every=40,
                     refine_start=40, optimizer="adam", lr=3e-3, refine_lr=2e-3, seed=0, consistency=1.0,
@@ -195,9 +200,14 @@ def augment_config(cfg: TrainConfig) -> AugmentConfig:
     "The weak/strong augmentation of a run: the official one, with `cfg.augment` overrides."
     return AugmentConfig(**_overrides(cfg.augment))
 
+# %% ../nbs/reference/config.ipynb #db68395e
+def dropout_draw(cfg) -> str:
+    "How the run draws its dropout masks: the setting, or, unset, `'bits'` in fast mode and `'torch'` otherwise."
+    return cfg.dropout_draw or ("bits" if cfg.fast else "torch")
+
 # %% ../nbs/reference/config.ipynb #3cfcc073s3
 # settings added later whose absence in a saved config means something else than their default
-LEGACY = {"schedule": "fixed"}
+LEGACY = {"schedule": "fixed", "dropout_draw": "torch"}
 
 # (`refine`, `proto`: must be empty)
 _RECTIFIER = ("rect_ramp", "refine_lr", "refine_poly", "refine_start", "guidance", "rectify_train_mode")
@@ -209,7 +219,9 @@ def config_differences(stored: dict, cfg: TrainConfig) -> list:
     per setting; `[]` when it describes the same run. Settings added since it was saved count at their defaults,
     except those in `LEGACY` (a config saved before `schedule` existed ran the fixed schedule). Settings the method
     never reads (`UNREAD`: the rectifier's, for the baselines) do not make it another run."""
-    def read(c: TrainConfig) -> dict: return {k: v for k, v in asdict(c).items() if k not in UNREAD.get(c.method, ())}
+    def read(c: TrainConfig) -> dict:
+        d = {k: v for k, v in asdict(c).items() if k not in UNREAD.get(c.method, ())}
+        return {**d, "dropout_draw": dropout_draw(c)}                  # compared as it runs, not as it is spelled
     try: saved = read(TrainConfig(**{**LEGACY, **stored}))
     # an unknown or invalid saved setting: not the same run
     except (TypeError, ConfigError) as e: return [f"the saved config is not valid here ({e})"]
@@ -265,6 +277,9 @@ def bf16_native(device: torch.device) -> bool:
 
 # %% ../nbs/reference/config.ipynb #fa570003
 def fast_settings(cfg: TrainConfig, device: torch.device) -> dict:
-    "`{amp, channels_last, compile}` of a run on `device`: the config's own settings, or what `fast` turns on there."
-    if not cfg.fast: return {"amp": cfg.amp, "channels_last": cfg.channels_last, "compile": False}
-    return {"amp": "bf16" if bf16_native(device) else cfg.amp, "channels_last": True, "compile": device.type == "cuda"}
+    """`{amp, channels_last, compile, dropout_draw}` of a run on `device`: the config's own settings, or what `fast`
+    turns on there."""
+    if not cfg.fast: return {"amp": cfg.amp, "channels_last": cfg.channels_last, "compile": False,
+                             "dropout_draw": dropout_draw(cfg)}
+    return {"amp": "bf16" if bf16_native(device) else cfg.amp, "channels_last": True, "compile": device.type == "cuda",
+            "dropout_draw": dropout_draw(cfg)}

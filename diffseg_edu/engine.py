@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'RunModels', 'rng_state', 'training_state', 'restore_state', 'Collectives', 'Distributed',
-           'SyncedOptimizer', 'resume_checkpoint', 'resume_state', 'hold_folder', 'check_run_folder']
+           'SyncedOptimizer', 'resume_checkpoint', 'resume_state', 'hold_folder', 'check_run_folder', 'BitsDropout',
+           'use_dropout_draw']
 
 # %% ../nbs/reference/engine.ipynb #af024944
 import contextlib, json, shutil, warnings
@@ -205,3 +206,22 @@ def check_run_folder(cfg, out: Path, resume: bool = False):
     why = (f"a finished run ({', '.join(finished)}; its last.pt is gone, so there is nothing to resume)" if finished
            else f"another run's files ({', '.join(found)}; {differ[0]})")
     raise ConfigError(f"{out} holds {why}: training into it would replace them; choose another folder or remove them")
+
+# %% ../nbs/reference/engine.ipynb #078dcdb3
+class BitsDropout(nn.Dropout):
+    "`nn.Dropout` whose mask is drawn as 15 random bits per element, four elements per 64-bit draw (fast mode)."
+    def forward(self, x):
+        if not self.training or self.p == 0: return x
+        n = x.numel()
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_().view(torch.int16)[:n]
+        keep = (bits & 0x7FFF) >= round(self.p * 32768)            # random_() leaves each int64's top bit 0
+        return x * keep.view(x.shape).to(x.dtype) * (1.0 / (1.0 - self.p))
+
+# %% ../nbs/reference/engine.ipynb #62789eb4
+def use_dropout_draw(model: nn.Module, draw: str) -> nn.Module:
+    "Every `nn.Dropout` of `model` drawn as `draw` says (`'bits'`: `BitsDropout`; `'torch'`: unchanged), in place."
+    if draw == "torch": return model
+    for name, child in model.named_children():
+        if type(child) is nn.Dropout: setattr(model, name, BitsDropout(child.p))
+        else: use_dropout_draw(child, draw)
+    return model

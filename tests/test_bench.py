@@ -1,4 +1,5 @@
 "Benchmarks: the speed rows and their ratio, isolation, the ACDC driver (train, resume, reuse, summary), label efficiency, the demo timing, the CLI."
+from diffseg_edu.core import cpu_kind
 import json
 
 import pytest
@@ -21,7 +22,7 @@ def test_speed_rows_ratio_and_files(tmp_path):
     assert rows["supervised"]["images_per_s"] == pytest.approx(3 / rows["supervised"]["median_s"])    # labelled rows only
     assert rows["diffrect"]["images_per_s"] == pytest.approx(6 / rows["diffrect"]["median_s"])
     path = write_speed({**res, "command": "test"}, tmp_path)
-    assert path.name == "speed_cpu_32.json" and json.loads(path.read_text())["rows"][2]["method"] == "diffrect"
+    assert path.name == f"speed_cpu-{cpu_kind()}_32.json" and json.loads(path.read_text())["rows"][2]["method"] == "diffrect"
     assert len(speed_table(res).splitlines()) == 2 + 3
 
 
@@ -175,3 +176,12 @@ def test_diffseg_bench_augment(synthetic_root, tmp_path, capsys):
     assert main(["augment", "--img-size", "64", "--batch-size", "4", "--iters", "3", "--root", str(synthetic_root)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[0])["slices_per_s"] > 0 and "loader+augment" in lines[-1] and "slices/s" in lines[-1]
+
+def test_profile_command_on_a_ci_size_iteration(tmp_path, capsys):
+    "`diffseg-bench profile`: the groups and the top operations of one iteration, printed and stored per kind of CPU."
+    assert main(["profile", "--method", "diffrect", "--img-size", "32", "--iters", "1", "--warmup", "1", "--top", "4",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| dropout |" in out and "| convolution |" in out
+    res = json.loads((tmp_path / f"profile_diffrect_fp32_{cpu_kind()}_32.json").read_text())
+    assert len(res["top"]) == 4 and {g["group"] for g in res["groups"]} >= {"convolution", "casts", "other"}

@@ -11,6 +11,7 @@ from diffseg_edu.config import ConfigError, TrainConfig
 from diffseg_edu.checkpoints import read_checkpoint, save_checkpoint
 from diffseg_edu.frames import write_endoscapes_sample
 from diffseg_edu.unet import UNet
+from diffseg_edu.core import cpu_kind
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -151,7 +152,7 @@ def test_eval_out_is_not_replaced_without_overwrite(synthetic_root, tmp_path, ca
 
 def test_speed_table_that_would_lose_methods(tmp_path, capsys):
     out = tmp_path / "speed"; out.mkdir()
-    table = out / "speed_cpu_64.json"
+    table = out / f"speed_cpu-{cpu_kind()}_64.json"
     table.write_text(json.dumps({"rows": [{"method": "floor"}, {"method": "diffrect"}]}))
     assert bench_main(["speed", "--img-size", "64", "--methods", "supervised", "--out", str(out)]) == 2
     last_line(capsys.readouterr().err, table, "['diffrect']", "--overwrite")
