@@ -209,13 +209,14 @@ def check_run_folder(cfg, out: Path, resume: bool = False):
 
 # %% ../nbs/reference/engine.ipynb #078dcdb3
 class BitsDropout(nn.Dropout):
-    "`nn.Dropout` whose mask is drawn as 15 random bits per element, four elements per 64-bit draw (fast mode)."
+    "`nn.Dropout` whose mask is drawn as 16 random bits per element, four elements per 64-bit draw (fast mode)."
     def forward(self, x):
         if not self.training or self.p == 0: return x
         n = x.numel()
-        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_().view(torch.int16)[:n]
-        keep = (bits & 0x7FFF) >= round(self.p * 32768)            # random_() leaves each int64's top bit 0
-        return x * keep.view(x.shape).to(x.dtype) * (1.0 / (1.0 - self.p))
+        # 64 random bits per draw, read as four signed 16-bit numbers: each is kept with probability 1 - p
+        bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device).view(torch.int16)
+        keep = bits[:n].view(x.shape) >= round(self.p * 65536) - 32768
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))        # one product to save and to differentiate
 
 # %% ../nbs/reference/engine.ipynb #62789eb4
 def use_dropout_draw(model: nn.Module, draw: str) -> nn.Module:
