@@ -215,8 +215,15 @@ class BitsDropout(nn.Dropout):
         n = x.numel()
         # 64 random bits per draw, read as four signed 16-bit numbers: each is kept with probability 1 - p
         bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device).view(torch.int16)
-        keep = bits[:n].view(x.shape) >= round(self.p * 65536) - 32768
+        keep = self.layout_like(bits[:n], x) >= round(self.p * 65536) - 32768
         return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))        # one product to save and to differentiate
+    @staticmethod
+    def layout_like(flat, x):
+        "`flat` (x.numel() values) as a tensor of x's shape and memory layout (iid draws: any order will do)."
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            n, c, h, w = x.shape
+            return flat.view(n, h, w, c).permute(0, 3, 1, 2)            # channels_last strides: no slow mixed-layout op
+        return flat.view(x.shape)
 
 # %% ../nbs/reference/engine.ipynb #62789eb4
 def use_dropout_draw(model: nn.Module, draw: str) -> nn.Module:
