@@ -154,22 +154,23 @@ def sha256_hex(value: str) -> str:
         raise argparse.ArgumentTypeError(f"{value!r} is not a SHA-256 digest (64 hex digits)")
     return value.lower()
 
+# %% ../nbs/reference/core.ipynb #c83a9f05
+def _int_at_least(value: str, low: int) -> int:
+    "`int(value)`, or an `argparse.ArgumentTypeError` naming the value when it is not an integer or below `low`."
+    try: n = int(value)
+    except ValueError: raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n < low: raise argparse.ArgumentTypeError(f"{n} must be at least {low}")
+    return n
+
 # %% ../nbs/reference/core.ipynb #cli1codes1
 def positive_int(value: str) -> int:
     "An argparse type: an integer ≥ 1 (sizes and counts)."
-    try: n = int(value)
-    except ValueError: raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n < 1: raise argparse.ArgumentTypeError(f"{n} must be at least 1")
-    return n
+    return _int_at_least(value, 1)
 
 # %% ../nbs/reference/core.ipynb #46d62f60
 def nonneg_int(value: str) -> int:
     "An argparse type: an integer ≥ 0 (warm-up iterations, counts that may be zero)."
-    try: n = int(value)
-    except ValueError: raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n < 0: raise argparse.ArgumentTypeError(f"{n} must be at least 0")
-    return n
-
+    return _int_at_least(value, 0)
 
 # %% ../nbs/reference/core.ipynb #15ba0b48
 SEED_MAX = 2**32 - 1      # numpy's and every generator's common range

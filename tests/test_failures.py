@@ -17,17 +17,7 @@ from diffseg_edu.checkpoints import read_checkpoint
 from diffseg_edu.unet import UNet
 from diffseg_edu.checkpoints import save_checkpoint
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-def one_line_error(err: str, *names) -> str:
-    "The last stderr line is the command's one error line (no traceback), naming every one of `names`."
-    assert "Traceback" not in err, err
-    line = err.strip().splitlines()[-1]
-    for n in names: assert str(n) in line, (n, line)
-    return line
-
-def smoke(root, out, *extra) -> list:
-    return ["--preset", "smoke", "--method", "supervised", "--root", str(root), "--out", str(out), "--quiet", *extra]
+from cli_checks import ENV, one_line_error, smoke
 
 def hold(folder: Path, what: str) -> subprocess.Popen:
     "A second, real process that holds `folder` until killed; returns once the lock is taken."

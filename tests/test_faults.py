@@ -13,23 +13,13 @@ from diffseg_edu.frames import write_endoscapes_sample
 from diffseg_edu.unet import UNet
 from diffseg_edu.core import cpu_kind
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-def last_line(err: str, *names) -> str:
-    "The last stderr line is one error line (no traceback) naming every one of `names`."
-    assert "Traceback" not in err, err
-    line = err.strip().splitlines()[-1]
-    for n in names: assert str(n) in line, (n, line)
-    return line
-
-def smoke(root, out, *extra) -> list:
-    return ["--preset", "smoke", "--method", "supervised", "--root", str(root), "--out", str(out), "--quiet", *extra]
+from cli_checks import ENV, one_line_error, smoke
 
 def parse_error(main, argv, capsys, *names):
     "An option refused at parse time: argparse's exit 2 and its one `error:` line, before any work."
     with pytest.raises(SystemExit) as e: main(argv)
     assert e.value.code == 2
-    return last_line(capsys.readouterr().err, *names)
+    return one_line_error(capsys.readouterr().err, *names)
 
 # 3. SIGTERM / SIGHUP: handled like Ctrl-C, in a real child process
 CHILD = textwrap.dedent("""
@@ -78,7 +68,7 @@ def test_signal_ends_a_run_cleanly_and_resume_is_exact(synthetic_root, tmp_path,
     r = subprocess.run([sys.executable, "-c", CHILD, *smoke(synthetic_root, stopped)], capture_output=True, text=True,
                        env=env, timeout=300)
     assert r.returncode == code, r.stderr
-    last_line(r.stderr, f"ended by {name}", stopped / "last.pt", "--resume")
+    one_line_error(r.stderr, f"ended by {name}", stopped / "last.pt", "--resume")
     assert not list(stopped.glob("*.tmp")) and not (stopped / ".lock.holder").exists()
     kept = read_checkpoint(stopped / "last.pt")                            # intact: the last complete write
     assert 0 < kept["iteration"] < 6
@@ -105,7 +95,7 @@ def test_numeric_options_are_checked_before_any_work(capsys, main, argv, names):
 def test_a_file_that_is_not_a_notebook(tmp_path, capsys):
     bad = tmp_path / "notes.ipynb"; bad.write_text("this is not JSON")
     assert bench_main(["notebooks", str(bad), "--out", str(tmp_path / "out")]) == 2
-    last_line(capsys.readouterr().err, bad, "not a Jupyter notebook")
+    one_line_error(capsys.readouterr().err, bad, "not a Jupyter notebook")
     assert not (tmp_path / "out").exists()
 
 # 5. list files as editors write them; split names are plain names
@@ -118,7 +108,7 @@ def test_lists_with_a_bom_and_comments_and_split_paths(synthetic_root, tmp_path,
     assert info["splits"]["val"]["volumes"] == len(names), info["splits"]["val"]
     ckpt = save_checkpoint(tmp_path / "m.pt", UNet(1, 4))
     assert eval_main(["--ckpt", str(ckpt), "--dataset", "synthetic", "--root", str(root), "--split", "../other/val"]) == 2
-    last_line(capsys.readouterr().err, "'../other/val'", "not a plain name")
+    one_line_error(capsys.readouterr().err, "'../other/val'", "not a plain name")
 
 # 6. a patient in two splits of an ACDC-layout root
 def test_a_training_patient_in_val_is_refused(synthetic_root, tmp_path, capsys):
@@ -126,7 +116,7 @@ def test_a_training_patient_in_val_is_refused(synthetic_root, tmp_path, capsys):
     patient = (root / "train_slices.list").read_text().split()[0].split("_slice")[0]
     (root / "val.list").write_text((root / "val.list").read_text() + patient + "\n")
     assert train_main(smoke(root, tmp_path / "run")) == 2
-    last_line(capsys.readouterr().err, root / "val.list", patient.split("_")[0], "one split")
+    one_line_error(capsys.readouterr().err, root / "val.list", patient.split("_")[0], "one split")
     assert not (tmp_path / "run" / "config.json").exists()
 
 # 7. runs and results are not overwritten
@@ -136,17 +126,17 @@ def test_a_finished_run_without_last_pt_is_not_overwritten(synthetic_root, tmp_p
     (out / "last.pt").unlink()                                             # deleted to save space
     before = (out / "best.pt").read_bytes()
     assert train_main(smoke(synthetic_root, out, "--seed", "5")) == 2
-    last_line(capsys.readouterr().err, out, "a finished run")
+    one_line_error(capsys.readouterr().err, out, "a finished run")
     assert (out / "best.pt").read_bytes() == before
     assert train_main(smoke(synthetic_root, out)) == 2                      # the same config: still a finished run
-    last_line(capsys.readouterr().err, out, "nothing to resume")
+    one_line_error(capsys.readouterr().err, out, "nothing to resume")
 
 def test_eval_out_is_not_replaced_without_overwrite(synthetic_root, tmp_path, capsys):
     ckpt, out = save_checkpoint(tmp_path / "m.pt", UNet(1, 4), img_size=32), tmp_path / "eval.json"
     out.write_text("{\"earlier\": true}")
     args = ["--ckpt", str(ckpt), "--dataset", "synthetic", "--root", str(synthetic_root), "--out", str(out)]
     assert eval_main(args) == 2
-    last_line(capsys.readouterr().err, out, "--overwrite")
+    one_line_error(capsys.readouterr().err, out, "--overwrite")
     assert json.loads(out.read_text()) == {"earlier": True}
     assert eval_main([*args, "--overwrite"]) == 0 and "mean" in json.loads(out.read_text())
 
@@ -155,7 +145,7 @@ def test_speed_table_that_would_lose_methods(tmp_path, capsys):
     table = out / f"speed_cpu-{cpu_kind()}_64.json"
     table.write_text(json.dumps({"rows": [{"method": "floor"}, {"method": "diffrect"}]}))
     assert bench_main(["speed", "--img-size", "64", "--methods", "supervised", "--out", str(out)]) == 2
-    last_line(capsys.readouterr().err, table, "['diffrect']", "--overwrite")
+    one_line_error(capsys.readouterr().err, table, "['diffrect']", "--overwrite")
 
 def test_acdc_table_covers_earlier_runs_of_the_same_settings(synthetic_root, tmp_path, capsys):
     out = tmp_path / "bench"
@@ -182,13 +172,13 @@ def test_a_one_channel_model_on_rgb_frames(tmp_path, capsys):
     root = write_endoscapes_sample(tmp_path / "endo")
     ckpt = save_checkpoint(tmp_path / "grey.pt", UNet(1, 7), img_size=32)
     assert eval_main(["--ckpt", str(ckpt), "--dataset", "endoscapes", "--root", str(root), "--split", "val"]) == 2
-    last_line(capsys.readouterr().err, ckpt, "1-channel", "3 channel")
+    one_line_error(capsys.readouterr().err, ckpt, "1-channel", "3 channel")
 
 def test_resume_names_the_settings_that_differ(synthetic_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert train_main(smoke(synthetic_root, out, "--iters", "4")) == 0
     assert train_main(smoke(synthetic_root, out, "--iters", "8", "--seed", "5", "--resume")) == 2
-    last_line(capsys.readouterr().err, "iters: saved 4, now 8", "seed: saved 0, now 5")
+    one_line_error(capsys.readouterr().err, "iters: saved 4, now 8", "seed: saved 0, now 5")
 
 @pytest.mark.parametrize("kind", ["file", "dangling"])
 def test_bench_out_that_cannot_be_a_folder(tmp_path, capsys, kind):
@@ -196,7 +186,7 @@ def test_bench_out_that_cannot_be_a_folder(tmp_path, capsys, kind):
     if kind == "file": out.write_text("x")
     else: out.symlink_to(tmp_path / "nowhere")
     assert bench_main(["speed", "--img-size", "32", "--methods", "supervised", "--out", str(out)]) == 2
-    last_line(capsys.readouterr().err, out, "is a file" if kind == "file" else "a link to nothing")
+    one_line_error(capsys.readouterr().err, out, "is a file" if kind == "file" else "a link to nothing")
 
 def test_a_failed_benchmark_leaves_no_empty_run_folder(synthetic_root, tmp_path, capsys):
     root = tmp_path / "root"; shutil.copytree(synthetic_root, root)
@@ -204,7 +194,7 @@ def test_a_failed_benchmark_leaves_no_empty_run_folder(synthetic_root, tmp_path,
     out = tmp_path / "bench"
     assert bench_main(["acdc", "--dataset", "synthetic", "--root", str(root), "--preset", "smoke", "--labeled-patients", "2",
                        "--methods", "supervised", "--seeds", "0", "--out", str(out)]) == 2
-    last_line(capsys.readouterr().err, root / "val.list")
+    one_line_error(capsys.readouterr().err, root / "val.list")
     assert not (out / "runs" / "supervised_p2_s0").exists()
 
 def test_unknown_settings_are_the_projects_error():

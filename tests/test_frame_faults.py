@@ -8,12 +8,7 @@ from diffseg_edu.frames import (MOSXAV_COLOURS, EndoscapesFrames, MOSXAVFrames, 
                                 read_mosxav_mask, write_endoscapes_sample, write_mosxav_sample)
 from diffseg_edu.cli import data_main, eval_main
 
-def one_line_error(err: str, *names) -> str:
-    "The last stderr line is the command's one error line (no traceback), naming every one of `names`."
-    assert "Traceback" not in err, err
-    line = err.strip().splitlines()[-1]
-    for n in names: assert str(n) in line, (n, line)
-    return line
+from cli_checks import one_line_error
 
 @pytest.fixture
 def mosxav(tmp_path):
