@@ -19,7 +19,7 @@ from fastcore.basics import patch
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 
-from .core import widgets_live
+from .core import add_per_channel, widgets_live
 from .data import IGNORE_INDEX
 from .losses import (
     as_background, ce_dice, class_argmax, complementary_loss, consistency_weight, pseudo_label, segmentation_losses)
@@ -98,7 +98,7 @@ class TimeConvBlock(nn.Module):
         self.conv1 = nn.Sequential(nn.Dropout(p), nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out),
                                    nn.LeakyReLU(0.01, inplace=True))
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return self.conv1(self.conv0(x) + self.emb_proj(F.silu(emb))[:, :, None, None])
+        return self.conv1(add_per_channel(self.conv0(x), self.emb_proj(F.silu(emb))))   # x + e[:, :, None, None]
 
 # %% ../nbs/04_label_diffusion.ipynb #52298e56s1
 class TimeDown(nn.Module):

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['RUN_FILES', 'RunModels', 'rng_state', 'training_state', 'restore_state', 'Collectives', 'Distributed',
            'SyncedOptimizer', 'resume_checkpoint', 'resume_state', 'hold_folder', 'check_run_folder', 'BitsDropout',
-           'use_dropout_draw']
+           'use_dropout_draw', 'ChannelsLastUpsample', 'use_channels_last_grads']
 
 # %% ../nbs/reference/engine.ipynb #af024944
 import contextlib, json, shutil, warnings
@@ -216,7 +216,8 @@ class BitsDropout(nn.Dropout):
         # 64 random bits per draw, read as four signed 16-bit numbers: each is kept with probability 1 - p
         bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device).view(torch.int16)
         keep = self.layout_like(bits[:n], x) >= round(self.p * 65536) - 32768
-        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))        # one product to save and to differentiate
+        # the mask as 0 or 1/(1 - p) in x's dtype, in one pass (bool × a 0-d tensor); one product to save and differentiate
+        return x * (keep * torch.tensor(1.0 / (1.0 - self.p), dtype=x.dtype, device=x.device))
     @staticmethod
     def layout_like(flat, x):
         "`flat` (x.numel() values) as a tensor of x's shape and memory layout (iid draws: any order will do)."
@@ -232,4 +233,25 @@ def use_dropout_draw(model: nn.Module, draw: str) -> nn.Module:
     for name, child in model.named_children():
         if type(child) is nn.Dropout: setattr(model, name, BitsDropout(child.p))
         else: use_dropout_draw(child, draw)
+    return model
+
+# %% ../nbs/reference/engine.ipynb #clgrad0code
+def _channels_last_grad(g: torch.Tensor) -> torch.Tensor: return g.contiguous(memory_format=torch.channels_last)
+
+class ChannelsLastUpsample(nn.Upsample):
+    "`nn.Upsample` whose output's gradient is made channels-last when the output is (fast mode)."
+    def forward(self, x):
+        y = super().forward(x)
+        if y.requires_grad and y.dim() == 4 and not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last):
+            y.register_hook(_channels_last_grad)
+        return y
+
+# %% ../nbs/reference/engine.ipynb #clgrad0codes1
+def use_channels_last_grads(model: nn.Module) -> nn.Module:
+    "Every `nn.Upsample` of `model` replaced by a `ChannelsLastUpsample` with the same settings, in place."
+    for name, child in model.named_children():
+        if type(child) is nn.Upsample:
+            setattr(model, name, ChannelsLastUpsample(child.size, child.scale_factor, child.mode, child.align_corners,
+                                                      child.recompute_scale_factor))
+        else: use_channels_last_grads(child)
     return model

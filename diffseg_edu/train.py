@@ -26,9 +26,9 @@ from .metrics import N_CLASSES, amp_context, evaluate
 from .diffusion import RefineNet, diffrect_iteration
 from .prototypes import PrototypeConfig, PrototypeContrast
 from .config import ConfigError, TrainConfig, augment_config, check_config, fast_settings, refine_config
-from diffseg_edu.engine import (
+from .engine import (
     Distributed, RunModels, SyncedOptimizer, check_run_folder, hold_folder, resume_state, rng_state, training_state,
-    use_dropout_draw)
+    use_channels_last_grads, use_dropout_draw)
 
 # %% ../nbs/06_training.ipynb #5c8e1a02
 def run_schedule(cfg: TrainConfig) -> dict:
@@ -120,7 +120,9 @@ def prepare_run(cfg: TrainConfig, n_classes: int, device: torch.device) -> tuple
     run = replace(cfg, amp=rt["amp"], channels_last=rt["channels_last"])
     models = build_models(run, n_classes, device)
     for m in (models.seg, models.refine):                                # fast mode's cheaper dropout masks
-        if m is not None: use_dropout_draw(m, rt["dropout_draw"])
+        if m is None: continue
+        use_dropout_draw(m, rt["dropout_draw"])
+        if run.channels_last: use_channels_last_grads(m)                # channels-last gradients into up-sampling
     if rt["compile"]: models.seg.compile()                              # in place: the state_dict keys stay the same
     return run, models
 
