@@ -7,8 +7,8 @@ __all__ = ['SEED_MAX', 'BF16_FEATURES', 'RESULTS_URL', 'RESULTS_INDEX', 'Diffseg
            'write_once', 'widgets_live', 'os_message', 'signalled', 'Terminated', 'signals_as_interrupts',
            'guard_command', 'sha256_hex', 'positive_int', 'nonneg_int', 'seed_int', 'real_number', 'positive_float',
            'nonneg_float', 'unit_float', 'Distinct', 'device_of', 'pick_device', 'output_file', 'output_folder',
-           'cpu_features', 'cpu_kind', 'machine_description', 'add_per_channel', 'data_cache', 'repo_results',
-           'stored_result', 'results_index', 'stored_results']
+           'cpu_features', 'cpu_kind', 'machine_description', 'is_channels_last', 'add_per_channel', 'data_cache',
+           'repo_results', 'stored_result', 'results_index', 'stored_results']
 
 # %% ../nbs/reference/core.ipynb #2ba4b433
 import argparse, contextlib, json, os, platform, re, sys, time
@@ -312,12 +312,17 @@ def machine_description() -> dict:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "date": time.strftime("%Y-%m-%d")}
 
+# %% ../nbs/reference/core.ipynb #iscl0code
+def is_channels_last(x: torch.Tensor) -> bool:
+    "Whether `x` is a 4-d tensor laid out channels-last and not also plain contiguous (then both layouts agree)."
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
 # %% ../nbs/reference/core.ipynb #addch0code
 def add_per_channel(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """`x + v[:, :, None, None]` for feature maps `x` (B, C, H, W) and values `v` (B, C); on a channels-last `x` with
     fewer than 32 channels, `v` is first expanded to `x`'s layout (the broadcast add is not vectorised there)."""
     v = v[:, :, None, None]
-    if x.dim() == 4 and x.shape[1] < 32 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if x.shape[1] < 32 and is_channels_last(x):
         v = v.expand_as(x).contiguous(memory_format=torch.channels_last)
     return x + v
 

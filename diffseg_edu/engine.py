@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .core import FolderBusy, folder_lock, pick_device
+from .core import FolderBusy, folder_lock, is_channels_last, pick_device
 from .checkpoints import ModelError, previous_of, read_checkpoint
 from .config import ConfigError, config_differences
 
@@ -216,12 +216,12 @@ class BitsDropout(nn.Dropout):
         # 64 random bits per draw, read as four signed 16-bit numbers: each is kept with probability 1 - p
         bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device).view(torch.int16)
         keep = self.layout_like(bits[:n], x) >= round(self.p * 65536) - 32768
-        # the mask as 0 or 1/(1 - p) in x's dtype, in one pass (bool × a 0-d tensor); one product to save and differentiate
+        # the mask as 0 or 1/(1 - p) in x's dtype, one pass (bool × a 0-d tensor), one product to keep
         return x * (keep * torch.tensor(1.0 / (1.0 - self.p), dtype=x.dtype, device=x.device))
     @staticmethod
     def layout_like(flat, x):
         "`flat` (x.numel() values) as a tensor of x's shape and memory layout (iid draws: any order will do)."
-        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        if is_channels_last(x):
             n, c, h, w = x.shape
             return flat.view(n, h, w, c).permute(0, 3, 1, 2)            # channels_last strides: no slow mixed-layout op
         return flat.view(x.shape)
@@ -242,7 +242,7 @@ class ChannelsLastUpsample(nn.Upsample):
     "`nn.Upsample` whose output's gradient is made channels-last when the output is (fast mode)."
     def forward(self, x):
         y = super().forward(x)
-        if y.requires_grad and y.dim() == 4 and not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last):
+        if y.requires_grad and is_channels_last(y):
             y.register_hook(_channels_last_grad)
         return y
 
