@@ -26,7 +26,7 @@ from .unet import UNet
 from .checkpoints import ModelError, load_model
 from .metrics import Evaluation, MetricError, N_CLASSES, POLICIES, eval_cases, evaluate
 from .noise import NoiseStudyConfig, noise_study, study_table, write_study
-from .config import ConfigError, METHODS, PRESETS, check_config, make_config
+from .config import ConfigError, METHODS, PRESETS, check_config, make_config, rescaled_schedule
 from .train import train
 from .bench import (
     PUBLISHED, acdc_benchmark, acdc_table, benchmark_augment, benchmark_inference, benchmark_loader,
@@ -498,9 +498,16 @@ def _acdc_command(a, command: str) -> int:
     preset = "paper" if a.paper else a.preset or "cpu"
     if a.root is not None and not Path(a.root).is_dir(): raise DataError(f"--root {a.root}: not a folder")
     out = output_folder(a.out or f"results/{a.dataset}")
+    # another budget: the preset's refine_start and val_every move to the same fractions of the run (unless given)
+    moved = {k: v for k, v in rescaled_schedule(preset, a.iters).items() if k not in over} if a.iters else {}
+    if any(v != PRESETS[preset][k] for k, v in moved.items()):
+        print(f"--iters {a.iters}: the {preset} preset's " + " and ".join(f"{k} {PRESETS[preset][k]} → {v}" for k, v in
+              moved.items()) + " (the same fractions of the run)", file=sys.stderr)
+    over = {**moved, **over}
     res = acdc_benchmark(a.root, a.labeled_patients, a.methods, a.seeds, out, preset, a.progress, a.dataset, **over)
     res["command"] = command
     stem = f"{a.dataset}_p{a.labeled_patients}" + ("" if preset == "cpu" else f"_{preset}")
+    stem += f"_it{a.iters}" if a.iters and a.iters != PRESETS[preset].get("iters") else ""    # another budget
     (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
     (out / f"{stem}.md").write_text(f"{result_header(res)}\n\n{acdc_table(res)}\n")
     _write_label_efficiency(out, res["machine"], PUBLISHED if a.dataset == "acdc" else ())

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['run_schedule', 'unsup_weight', 'rect_weight', 'data_root', 'TrainData', 'build_models', 'learning_rates',
            'prepare_run', 'train_step', 'RunLog', 'validate', 'TrainingRun', 'open_run', 'set_learning_rates',
-           'check_losses', 'validate_and_keep_best', 'log_values', 'save_training_state', 'show_progress', 'finish_run',
-           'train', 'final_metrics', 'plot_curves']
+           'check_losses', 'case_range', 'validate_and_keep_best', 'log_values', 'save_training_state', 'show_progress',
+           'finish_run', 'train', 'final_metrics', 'plot_curves']
 
 # %% ../nbs/06_training.ipynb #c7867898
 import csv, json, math, time
@@ -22,7 +22,7 @@ from .datasets import DATASETS
 from .losses import consistency_weight, segmentation_losses, supervised_loss
 from .unet import UNet
 from .checkpoints import load_model, previous_of, save_checkpoint
-from .metrics import N_CLASSES, amp_context, evaluate
+from .metrics import Evaluation, N_CLASSES, amp_context, evaluate
 from .diffusion import RefineNet, diffrect_iteration
 from .prototypes import PrototypeConfig, PrototypeContrast
 from .config import ConfigError, TrainConfig, augment_config, check_config, fast_settings, refine_config
@@ -80,7 +80,11 @@ class TrainData:
             for k in ("image_weak", "image_strong"): out[k] = out[k].contiguous(memory_format=torch.channels_last)
         return out
     def val_cases(self) -> list:
+        "The validation cases that choose `best.pt` (the first `n_val`)."
         return [self.val[i] for i in self.val_idx]
+    def heldout_cases(self) -> list:
+        "The validation cases model selection never sees (`[]` when `n_val` is unset or covers them all)."
+        return [self.val[i] for i in range(len(self.val_idx), len(self.val))]
 
 # %% ../nbs/06_training.ipynb #d62bae7e
 def build_models(cfg: TrainConfig, n_classes: int, device: torch.device) -> RunModels:
@@ -230,7 +234,8 @@ def open_run(cfg: TrainConfig, out: Path, dist: "Distributed", resume: bool = Fa
     if resume: r.start, r.best = resume_state(r)
     if dist.main:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-        r.log, r.val_cases = RunLog(out / "log.csv", keep_until=r.start if resume else None), r.data.val_cases()
+        r.log = RunLog(out / "log.csv", keep_until=r.start if resume else None)
+        r.val_cases = r.data.val_cases() + (r.data.heldout_cases() if cfg.log_heldout else [])
         r.writer, r.bar = _tensorboard(out) if cfg.tensorboard else None, _progress(cfg.iters, r.start, progress)
     for m in (models.seg, models.refine):
         if m is not None: m.train()
@@ -258,19 +263,27 @@ def check_losses(r: TrainingRun, losses: dict) -> dict:
         raise FloatingPointError(f"iteration {r.it}: non-finite loss {bad}; the run stops here, {kept}")
     return losses
 
+# %% ../nbs/06_training.ipynb #caserange0
+def case_range(ev: Evaluation, start: int, stop: int = None) -> Evaluation:
+    "The evaluation of the cases `start:stop` of `ev` alone (their own means; predictions left out)."
+    return replace(ev, names=ev.names[start:stop], values=ev.values[start:stop], predictions=None,
+                   groups=ev.groups[start:stop] if ev.groups else None)
+
 # %% ../nbs/06_training.ipynb #loop6code
 def validate_and_keep_best(r: TrainingRun) -> dict:
     """Every `val_every` iterations and at the end (process 0): `{'val_dice': …}`, and `best.pt` when it improved; `{}`
-    otherwise."""
+    otherwise. With `log_heldout` also the held-out cases' Dice and that of all validation cases (recorded only)."""
     if not r.dist.main or not (r.it % run_schedule(r.cfg)["val_every"] == 0 or r.it == r.cfg.iters): return {}
-    r.last_val = validate(r.models.seg, r.val_cases, r.cfg, r.device).mean()["dice"]
+    ev, n = validate(r.models.seg, r.val_cases, r.cfg, r.device), len(r.data.val_idx)
+    r.last_val = case_range(ev, 0, n).mean()["dice"]
+    heldout = {"val_heldout_dice": case_range(ev, n).mean()["dice"], "val_all_dice": ev.mean()["dice"]}
     # no class scored (frames, `nan` policy): worst, not skipped
     score = r.last_val if math.isfinite(r.last_val) else -math.inf
     if r.best["iteration"] is None or score > r.best["dice"]:
         r.best = {"dice": float(score), "iteration": r.it}
         save_checkpoint(r.out / "best.pt", r.models.seg, img_size=r.cfg.img_size, iteration=r.it,
                         val_dice=r.best["dice"], config=asdict(r.cfg))
-    return {"val_dice": r.last_val}
+    return {"val_dice": r.last_val, **(heldout if len(ev.names) > n else {})}
 
 # %% ../nbs/06_training.ipynb #loop6codes1
 def log_values(r: TrainingRun, values: dict):
@@ -352,8 +365,7 @@ def final_metrics(cfg: TrainConfig, out: Path, device: torch.device) -> dict:
                       class_names=spec.classes, policy=spec.policy, group_of=spec.group_of)
         res[split] = ev.to_dict()
         if split == "val" and cfg.n_val is not None and cfg.n_val < len(cases):
-            res["val_heldout"] = replace(ev, names=ev.names[cfg.n_val:], values=ev.values[cfg.n_val:], predictions=None,
-                                        groups=ev.groups[cfg.n_val:] if ev.groups else None).to_dict()
+            res["val_heldout"] = case_range(ev, cfg.n_val).to_dict()
     (out / "metrics.json").write_text(json.dumps(res, indent=1))
     return res
 
@@ -366,7 +378,10 @@ def plot_curves(log: RunLog, path: Path = None):
     ax[0].set_yscale("log")
     ax[0].set_xlabel("iteration")
     ax[0].set_ylabel("segmentation loss")
-    ax[1].plot(*log.series("val_dice"), "o-")
+    ax[1].plot(*log.series("val_dice"), "o-", label="model selection cases")
+    if len(log.series("val_heldout_dice")[0]):                     # runs with log_heldout
+        ax[1].plot(*log.series("val_heldout_dice"), "s--", label="held-out cases")
+        ax[1].legend(fontsize=8)
     ax[1].set_xlabel("iteration")
     ax[1].set_ylabel("validation Dice")
     fig.tight_layout()

@@ -77,8 +77,11 @@ def test_acdc_command_end_to_end_on_the_phantom(synthetic_root, tmp_path, capsys
     argv = ["acdc", "--root", str(synthetic_root), "--labeled-patients", "2", "--methods", "supervised", "fixmatch", "--seeds", "0", "1",
             "--iters", "2", "--img-size", "32", "--val-every", "1", "--out", str(out)]
     assert main(argv) == 0
-    res = json.loads((out / "acdc_p2.json").read_text())
+    # another budget than the preset's 1,200 iterations: its own table, refine_start at the same fraction of the run
+    assert "refine_start 100 → 0 (the same fractions of the run)" in capsys.readouterr().err
+    res = json.loads((out / "acdc_p2_it2.json").read_text())
     assert res["command"] == "diffseg-bench " + " ".join(argv)
+    assert res["settings"]["refine_start"] == 0 and res["settings"]["val_every"] == 1       # --val-every given: kept
     assert res["settings"]["iters"] == 2 and res["settings"]["optimizer"] == make_config("cpu").optimizer
     assert [(r["method"], r["seed"], r["status"]) for r in res["records"]] == [("supervised", 0, "trained"), ("supervised", 1, "trained"),
                                                                               ("fixmatch", 0, "trained"), ("fixmatch", 1, "trained")]
@@ -88,9 +91,9 @@ def test_acdc_command_end_to_end_on_the_phantom(synthetic_root, tmp_path, capsys
     assert (out / "runs" / "fixmatch_p2_s1" / "best.pt").exists() and (out / "label_efficiency.png").exists()
     eff = json.loads((out / "label_efficiency.json").read_text())
     assert {p["method"] for p in eff["points"]} == {"supervised", "fixmatch"} and eff["published"][0]["dice"] == PUBLISHED[0]["dice"]
-    assert "| supervised | val | 2 |" in (out / "acdc_p2.md").read_text()
+    assert "| supervised | val | 2 |" in (out / "acdc_p2_it2.md").read_text()
     assert main(argv) == 0                                                      # a rerun reuses every finished run
-    assert all(r["status"] == "reused" for r in json.loads((out / "acdc_p2.json").read_text())["records"])
+    assert all(r["status"] == "reused" for r in json.loads((out / "acdc_p2_it2.json").read_text())["records"])
 
 
 def test_cli_bad_input_exits_2(synthetic_root, tmp_path, capsys):

@@ -35,6 +35,19 @@ def test_each_method_runs_smoke(synthetic_root, tmp_path, method):
     assert json.loads((tmp_path / method / "config.json").read_text())["method"] == method
 
 
+def test_log_heldout_records_without_changing_the_run(synthetic_root, tmp_path):
+    "`log_heldout` adds the held-out and all-case Dice at each validation point; the weights and every other row stay."
+    for name, extra in (("plain", {}), ("logged", {"log_heldout": True})):
+        train(_cfg(synthetic_root, method="fixmatch", **extra), tmp_path / name, progress=False)
+    rows = lambda name: [r.split(",") for r in (tmp_path / name / "log.csv").read_text().splitlines()[1:]]
+    added = [r for r in rows("logged") if r[1] in ("val_heldout_dice", "val_all_dice")]
+    assert added and len(added) == 2 * sum(r[1] == "val_dice" for r in rows("logged"))
+    assert [r for r in rows("logged") if r not in added] == rows("plain")
+    a, b = (read_checkpoint(tmp_path / name / "last.pt")["state_dict"] for name in ("plain", "logged"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "val_heldout" in json.loads((tmp_path / "logged" / "metrics.json").read_text())
+
+
 def _cli(root, out, *extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return [sys.executable, "-c", "import torch; torch.set_num_threads(1); from diffseg_edu.cli import train_main; raise SystemExit(train_main())",
