@@ -6,8 +6,8 @@
 __all__ = ['NUMBER_OPTIONS', 'PYTHON_WORDS', 'COMMANDS', 'add_info_and_synthetic', 'add_preview_and_download', 'data_parser',
            'data_main', 'eval_parser', 'eval_main', 'train_parser', 'parse_sets', 'train_main', 'add_noise_command',
            'noise_command', 'add_speed_command', 'add_acdc_command', 'add_demo_command', 'add_augment_command',
-           'add_inference_command', 'add_notebooks_command', 'add_profile_command', 'bench_parser', 'bench_main',
-           'module_main']
+           'add_inference_command', 'add_notebooks_command', 'add_profile_command', 'add_budget_command',
+           'bench_parser', 'bench_main', 'module_main']
 
 # %% ../nbs/reference/cli.ipynb #0153cbec
 import argparse, json, sys
@@ -30,7 +30,8 @@ from .config import ConfigError, METHODS, PRESETS, check_config, make_config, re
 from .train import train
 from .bench import (
     PUBLISHED, acdc_benchmark, acdc_table, benchmark_augment, benchmark_inference, benchmark_loader,
-    benchmark_metrics, demo_benchmark, demo_table, label_efficiency, notebooks_benchmark, notebooks_table,
+    benchmark_metrics, budget_result, budget_table, demo_benchmark, demo_table, label_efficiency, notebooks_benchmark,
+    notebooks_table, plot_budget,
     plot_label_efficiency, profile_iteration, profile_table, result_header, speed_benchmark, speed_stem, speed_table,
     write_result, write_speed)
 
@@ -442,6 +443,14 @@ def add_profile_command(sub):
     p.add_argument("--root", help="ACDC folder (default: the phantom; only shapes matter)")
     p.add_argument("--out", default="results/speed", help="results folder (default results/speed)")
 
+# %% ../nbs/reference/cli.ipynb #budgetcli0
+def add_budget_command(sub):
+    "The `budget` subcommand of `diffseg-bench`: what more training buys, from `acdc` tables of several budgets."
+    b = sub.add_parser("budget", help="validation Dice against the training budget, from acdc tables of several budgets")
+    b.add_argument("tables", nargs="+", action=Distinct,
+                   help="acdc result files, one per budget (e.g. results/acdc/acdc_p3.json DIR/acdc_p3_it4800.json)")
+    b.add_argument("--out", default="results/acdc", help="results folder (default results/acdc)")
+
 # %% ../nbs/reference/cli.ipynb #benchp3
 def bench_parser() -> argparse.ArgumentParser:
     "Argument parser of `diffseg-bench`: one subcommand per benchmark."
@@ -450,7 +459,7 @@ def bench_parser() -> argparse.ArgumentParser:
                                             "augmentation and inference speed, pseudo-label noise.")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (add_speed_command, add_acdc_command, add_demo_command, add_augment_command, add_inference_command,
-                add_notebooks_command, add_noise_command, add_profile_command): add(sub)
+                add_notebooks_command, add_noise_command, add_profile_command, add_budget_command): add(sub)
     return p
 
 # %% ../nbs/reference/cli.ipynb #e7ce66ac
@@ -606,6 +615,24 @@ def _profile_command(a, command: str) -> int:
     print(f"{result_header(res)}\n\n{profile_table(res)}\n\nwrote {path} and {path.with_suffix('.md')}")
     return 0
 
+# %% ../nbs/reference/cli.ipynb #budgetcli1
+def _budget_command(a, command: str) -> int:
+    "`diffseg-bench budget`: print and write `budget.json`, `.md` and `.png`."
+    import matplotlib.pyplot as plt
+    out = output_folder(a.out)
+    for t in a.tables:
+        if not Path(t).is_file(): raise DataError(f"{t}: no such acdc result file")
+    res = budget_result(a.tables)
+    res["command"] = command
+    path = write_result(res, out, "budget", budget_table(res))
+    axes = plot_budget(res)
+    axes[0].figure.tight_layout()
+    axes[0].figure.savefig(out / "budget.png", dpi=100)
+    plt.close(axes[0].figure)
+    print(f"{result_header(res)}\n\n{budget_table(res)}\n\n{len(res['curves'])} run curves; wrote {path}, "
+          f"{path.with_suffix('.md')} and {out / 'budget.png'}")
+    return 0
+
 # %% ../nbs/reference/cli.ipynb #e7ce66acs3
 def bench_main(argv: Sequence = None) -> int:
     """`diffseg-bench`: run a benchmark, print its table, write its result files; 2 on bad input, 130 on Ctrl-C
@@ -614,7 +641,8 @@ def bench_main(argv: Sequence = None) -> int:
     a = bench_parser().parse_args(argv)
     if a.command == "noise": return guard_command("diffseg-bench", noise_command, a)
     commands = {"speed": _speed_command, "acdc": _acdc_command, "demo": _demo_command, "augment": _augment_command,
-                "inference": _inference_command, "notebooks": _notebooks_command, "profile": _profile_command}
+                "inference": _inference_command, "notebooks": _notebooks_command, "profile": _profile_command,
+                "budget": _budget_command}
     resume = (lambda: "finished runs are kept; the same command resumes the others") if a.command == "acdc" else None
     return guard_command("diffseg-bench", commands[a.command], a, "diffseg-bench " + " ".join(argv),
                          on_interrupt=resume)

@@ -94,6 +94,13 @@ def test_acdc_command_end_to_end_on_the_phantom(synthetic_root, tmp_path, capsys
     assert "| supervised | val | 2 |" in (out / "acdc_p2_it2.md").read_text()
     assert main(argv) == 0                                                      # a rerun reuses every finished run
     assert all(r["status"] == "reused" for r in json.loads((out / "acdc_p2_it2.json").read_text())["records"])
+    # the budget study reads that table (and the runs' curves) and writes its table and plot
+    assert main(["budget", str(out / "acdc_p2_it2.json"), "--out", str(out)]) == 0
+    budget = json.loads((out / "budget.json").read_text())
+    assert len(budget["curves"]) == 4 and budget["curves"][0]["points"][-1]["iteration"] == 2
+    assert "| supervised | val | " in (out / "budget.md").read_text() and (out / "budget.png").stat().st_size > 0
+    assert main(["budget", str(out / "nowhere.json"), "--out", str(out)]) == 2
+    assert "nowhere.json: no such acdc result file" in capsys.readouterr().err
 
 
 def test_cli_bad_input_exits_2(synthetic_root, tmp_path, capsys):
