@@ -268,7 +268,8 @@ class RefineNet(nn.Module):
 @patch
 def forward(self: RefineNet, labels: torch.Tensor, image: torch.Tensor, guidance: torch.Tensor,
             good: torch.Tensor = None, generator: torch.Generator = None, features: bool = False):
-    """Training (`good` labels given): `(latent MSE, logits, {'z0', 'z0_hat'})`. Sampling (`good=None`): logits.
+    """Training (`good` labels given): `(latent MSE, logits, {'z0', 'z0_hat', 'c'})` (c: the noisy label's latent, the
+    denoiser's condition). Sampling (`good=None`): logits.
     `labels`, `good`: class maps `(B, H, W)`; `image`: `(B, img_channels, H, W)`; `guidance`: `(B,)` values t =
     999·τ. `features=True` adds the decoder's last feature map of x̂₀ (`'dec_hat'`) and, without gradient, of z₀
     (`'dec0'`)."""
@@ -286,10 +287,11 @@ def forward(self: RefineNet, labels: torch.Tensor, image: torch.Tensor, guidance
     # latent
     z0_hat = self.denoiser(self.scheduler.add_noise(z0, noise, step), step, feats[-1])
     lat_loss = F.mse_loss(z0_hat.float(), z0.float())              # L_lat = ‖ẑ₀ − z₀‖²
-    if not features: return lat_loss, self.decoder(feats[:-1] + [z0_hat], emb), {"z0": z0, "z0_hat": z0_hat}
+    latents = {"z0": z0, "z0_hat": z0_hat, "c": feats[-1]}
+    if not features: return lat_loss, self.decoder(feats[:-1] + [z0_hat], emb), latents
     logits, dec_hat = self.decoder(feats[:-1] + [z0_hat], emb, return_features=True)
     with torch.no_grad(): dec0 = self.decoder(feats[:-1] + [z0], emb, return_features=True)[1]
-    return lat_loss, logits, {"z0": z0, "z0_hat": z0_hat, "dec_hat": dec_hat, "dec0": dec0}
+    return lat_loss, logits, {**latents, "dec_hat": dec_hat, "dec0": dec0}
 
 # %% ../nbs/04_label_diffusion.ipynb #cce40ed8
 def latent_pca(z: torch.Tensor, k: int = 3, reference: torch.Tensor = None) -> torch.Tensor:

@@ -103,14 +103,15 @@ class PrototypeConfig:
     dim: int = 128               # projection dimension
     memory: str = "ema"          # 'ema' memory or 'batch' prototypes
     sources: str = "gt"          # anchors from 'gt' (labelled rows) or 'gt+pseudo' (plus confident pseudo labels)
-    attach: str = "z0_hat"       # 'z0_hat' (denoiser output) or 'decoder' (last decoder feature map)
+    # 'z0_hat' (denoiser output), 'decoder' (last decoder feature map) or 'label_encoder' (the noisy label's latent c)
+    attach: str = "z0_hat"
     consistency: bool = True     # add the prototype-level term
     min_fraction: float = 0.5    # a query cell needs this fraction of one class
     rampup: int = 200            # β ramp as DiffRect's λ (units of 150 iterations); 0 = constant β₀
     b2_start: int = 1000         # stage (b2) joins after this iteration (DiffRect's refine_start)
     def __post_init__(self):
         for name, ok in (("memory", ("ema", "batch")), ("sources", ("gt", "gt+pseudo")),
-                         ("attach", ("z0_hat", "decoder"))):
+                         ("attach", ("z0_hat", "decoder", "label_encoder"))):
             if getattr(self, name) not in ok: raise PrototypeError(f"{name}={getattr(self, name)!r}: use one of {ok}")
         if self.tau <= 0: raise PrototypeError(f"tau={self.tau}: must be > 0")
         if self.beta < 0: raise PrototypeError(f"beta={self.beta}: must be ≥ 0")
@@ -175,7 +176,9 @@ def forward(self: PrototypeContrast, stage: str, latents: dict, labels: torch.Te
     the anchors, or None while β is 0 (and in stage b2 until `b2_start`); stage b1 first updates the anchors."""
     beta = self.weight(iteration)
     if beta == 0 or (stage == "b2" and iteration <= self.cfg.b2_start): return None
-    pred, target = (latents["dec_hat"], latents["dec0"]) if self.features else (latents["z0_hat"], latents["z0"])
+    # queries from the attached features; anchors from their clean counterpart (decoder: of z₀; else z₀ itself)
+    pred, target = {"decoder": ("dec_hat", "dec0"), "label_encoder": ("c", "z0")}.get(self.cfg.attach, ("z0_hat", "z0"))
+    pred, target = latents[pred], latents[target]
     q = self.head(pred)                                          # (B, D, h, w), unit vectors
     masks = soft_masks(labels, self.n_classes, q.shape[-2:])
     if stage == "b1":

@@ -159,7 +159,8 @@ def test_confident_mask_hides_unlabelled_pixels():
     assert (seen["b2"][:, 4:] == IGNORE_INDEX).all()
 
 
-@pytest.mark.parametrize("cfg", [dict(memory="batch"), dict(sources="gt+pseudo"), dict(attach="decoder"), dict(consistency=False, tau=0.5)])
+@pytest.mark.parametrize("cfg", [dict(memory="batch"), dict(sources="gt+pseudo"), dict(attach="decoder"), dict(attach="label_encoder"),
+                                 dict(consistency=False, tau=0.5)])
 def test_ablation_switches_run(cfg):
     out, *_ , hook = _iteration(1.0, rampup=0, **cfg)
     assert np.isfinite(out["nce_b1"]) and out["nce_b1"] > 0
