@@ -548,6 +548,7 @@ def plot_budget(result: dict, axes=None):
     import matplotlib.pyplot as plt
     if axes is None: _, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     colours = {m: f"C{i}" for i, m in enumerate(METHODS)}
+    markers = dict(zip(sorted({r["iters"] for r in result["rows"]}), "osD^v"))     # one marker per budget
     for ax, (key, (split, title)) in zip(axes, BUDGET_PANELS.items()):
         for c in result["curves"]:
             pts = [p for p in c["points"] if p[key] is not None]
@@ -555,8 +556,9 @@ def plot_budget(result: dict, axes=None):
                             alpha=0.7, label=f"{c['method']} s{c['seed']}, {c['iters']} it. (during training)")
         for r in (r for r in result["rows"] if r["split"] == split):
             m, s = r["dice"]
-            ax.errorbar([r["iters"]], [m], yerr=[s or 0], fmt="o", ms=6, capsize=3, color=colours[r["method"]],
-                        label=f"{r['method']}, best.pt of {r['iters']} it. ({r['n']} seeds)")
+            ax.errorbar([r["iters"]], [m], yerr=[s or 0], fmt=markers.get(r["iters"], "o"), ms=6, capsize=3,
+                        color=colours[r["method"]],
+                        label=f"{r['method']}, best.pt of {r['iters']} it. ({r['n']} seed{'s' if r['n'] > 1 else ''})")
         ax.set_xlabel("iteration")
         ax.set_title(f"ACDC validation Dice: {title}", fontsize=9)
         ax.grid(alpha=0.3)
