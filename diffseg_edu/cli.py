@@ -28,10 +28,10 @@ from .metrics import Evaluation, MetricError, N_CLASSES, POLICIES, eval_cases, e
 from .noise import NoiseStudyConfig, noise_study, study_table, write_study
 from .config import ConfigError, METHODS, PRESETS, check_config, make_config, rescaled_schedule
 from .train import train
+from .budget import budget_result, budget_table, plot_budget
 from .bench import (
     PUBLISHED, acdc_benchmark, acdc_table, benchmark_augment, benchmark_inference, benchmark_loader,
-    benchmark_metrics, budget_result, budget_table, demo_benchmark, demo_table, label_efficiency, notebooks_benchmark,
-    notebooks_table, plot_budget,
+    benchmark_metrics, demo_benchmark, demo_table, label_efficiency, notebooks_benchmark, notebooks_table,
     plot_label_efficiency, profile_iteration, profile_table, result_header, speed_benchmark, speed_stem, speed_table,
     write_result, write_speed)
 
@@ -446,7 +446,7 @@ def add_profile_command(sub):
 # %% ../nbs/reference/cli.ipynb #budgetcli0
 def add_budget_command(sub):
     "The `budget` subcommand of `diffseg-bench`: what more training buys, from `acdc` tables of several budgets."
-    b = sub.add_parser("budget", help="validation Dice against the training budget, from acdc tables of several budgets")
+    b = sub.add_parser("budget", help="validation Dice against the training budget, from acdc tables of budgets")
     b.add_argument("tables", nargs="+", action=Distinct,
                    help="acdc result files, one per budget (e.g. results/acdc/acdc_p3.json DIR/acdc_p3_it4800.json)")
     b.add_argument("--out", default="results/acdc", help="results folder (default results/acdc)")

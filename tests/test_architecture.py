@@ -8,7 +8,7 @@ NBS = REPO / "nbs"
 
 # The module chain, bottom first: a module imports only modules before it (the README's contributor table).
 CHAIN = ["core", "data", "frames", "phantoms", "datasets", "losses", "unet", "checkpoints", "metrics", "diffusion",
-         "prototypes", "noise", "config", "engine", "train", "bench", "cli"]
+         "prototypes", "noise", "config", "engine", "train", "bench", "budget", "cli"]
 LESSON_CELLS, LESSON_WORDS, FIRST_FIGURE, MODULE_LINES = 90, 1800, 25, 800
 
 def notebooks() -> list:
