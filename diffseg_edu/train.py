@@ -276,14 +276,15 @@ def validate_and_keep_best(r: TrainingRun) -> dict:
     if not r.dist.main or not (r.it % run_schedule(r.cfg)["val_every"] == 0 or r.it == r.cfg.iters): return {}
     ev, n = validate(r.models.seg, r.val_cases, r.cfg, r.device), len(r.data.val_idx)
     r.last_val = case_range(ev, 0, n).mean()["dice"]
-    heldout = {"val_heldout_dice": case_range(ev, n).mean()["dice"], "val_all_dice": ev.mean()["dice"]}
     # no class scored (frames, `nan` policy): worst, not skipped
     score = r.last_val if math.isfinite(r.last_val) else -math.inf
     if r.best["iteration"] is None or score > r.best["dice"]:
         r.best = {"dice": float(score), "iteration": r.it}
         save_checkpoint(r.out / "best.pt", r.models.seg, img_size=r.cfg.img_size, iteration=r.it,
                         val_dice=r.best["dice"], config=asdict(r.cfg))
-    return {"val_dice": r.last_val, **(heldout if len(ev.names) > n else {})}
+    if len(ev.names) == n: return {"val_dice": r.last_val}
+    return {"val_dice": r.last_val, "val_heldout_dice": case_range(ev, n).mean()["dice"],
+            "val_all_dice": ev.mean()["dice"]}
 
 # %% ../nbs/06_training.ipynb #loop6codes1
 def log_values(r: TrainingRun, values: dict):
