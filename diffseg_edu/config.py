@@ -75,6 +75,8 @@ class MethodSwitches:
     # RefineConfig overrides (DiffRect methods); empty = the official rectifier
     refine: dict = field(default_factory=dict)
     proto: dict = field(default_factory=dict)   # PrototypeConfig overrides (diffrect_proto)
+    # study switch: damage the pseudo labels the rectifier sees (`corrupt_labels` at this strength; 0 = none, official)
+    pseudo_noise: float = 0.0
 
 # %% ../nbs/reference/config.ipynb #cfgrun
 @dataclass
@@ -125,7 +127,7 @@ SETTING_RULES = {       # name: (test, what the value must be); the type comes f
     "img_size": ((lambda v: v > 0 and v % 16 == 0), "a positive multiple of 16 (the U-Net pools four times)"),
     **{k: _at_least(1) for k in ("labeled_patients", "iters", "batch_size", "labeled_bs", "val_every", "ckpt_every",
                                  "n_val")},
-    **{k: _at_least(0) for k in ("refine_start", "seed", "num_workers", "weight_decay", "consistency")},
+    **{k: _at_least(0) for k in ("refine_start", "seed", "num_workers", "weight_decay", "consistency", "pseudo_noise")},
     "lr": ((lambda v: v > 0), "a learning rate > 0"), "refine_lr": ((lambda v: v > 0), "a learning rate > 0"),
     "momentum": ((lambda v: 0 <= v < 1), "in [0, 1)"),
 }
@@ -222,7 +224,7 @@ def dropout_draw(cfg) -> str:
 LEGACY = {"schedule": "fixed", "dropout_draw": "torch"}
 
 # (`refine`, `proto`: must be empty)
-_RECTIFIER = ("rect_ramp", "refine_lr", "refine_poly", "refine_start", "guidance", "rectify_train_mode")
+_RECTIFIER = ("rect_ramp", "refine_lr", "refine_poly", "refine_start", "guidance", "rectify_train_mode", "pseudo_noise")
 # settings a method never reads
 UNREAD = {"supervised": ("consistency", "uncertain", *_RECTIFIER), "fixmatch": _RECTIFIER}
 # settings that change what a run records, never what it learns

@@ -449,14 +449,19 @@ def _rectified_update(seg: nn.Module, opt_seg, x_w: torch.Tensor, pl_rect: torch
 def diffrect_iteration(seg: nn.Module, refine: RefineNet, opt_seg, opt_refine, batch: dict, iteration: int,
                        refine_start: int = 1000, guidance: str = "official", rectify_train_mode: bool = True,
                        uncertain: str = "background", hook=None, weight: float = None,
-                       rect_weight: float = 1.0) -> dict:
+                       rect_weight: float = 1.0, pseudo_noise: float = 0.0, noise_seed: int = 0) -> dict:
     """One official DiffRect iteration on `batch` (`image_weak`, `image_strong`, `label`, `labeled_mask`); returns the
     loss values. `hook`: an extra rectifier term (the prototype notebook's), added unscaled to L_b1 + λ·L_b2; its
     parameters belong in `opt_refine`. `weight`: λ of this iteration (default: the official ramp at `iteration`);
-    `rect_weight`: the factor of L_rect (official: 1)."""
+    `rect_weight`: the factor of L_rect (official: 1). `pseudo_noise` > 0 (a study switch, official 0): the pseudo
+    labels the rectifier sees are damaged by `corrupt_labels` at that strength, drawn from `noise_seed`."""
     x_w, x_s, y, L = batch["image_weak"], batch["image_strong"], batch["label"], batch["labeled_mask"].bool()
     lam = consistency_weight(iteration) if weight is None else weight
     s = _segmenter_step(seg, opt_seg, x_w, x_s, y, L, lam, uncertain)
+    if pseudo_noise > 0:                          # controlled noise: both views' pseudo labels, every row
+        g = torch.Generator().manual_seed(noise_seed)
+        s.update(pl_w=corrupt_labels(s["pl_w"], refine.n_classes, g, pseudo_noise),
+                 pl_s=corrupt_labels(s["pl_s"], refine.n_classes, g, pseudo_noise))
     opt_refine.zero_grad(set_to_none=True)        # refine loss L_b1 + λ·L_b2, back-propagated stage by stage:
     b1 = stage_weak_to_gt(refine, x_w, s["pl_w"], s["pl_s"], y, L, guidance, uncertain, hook, s["confident_w"],
                           iteration)

@@ -153,7 +153,8 @@ def train_step(cfg: TrainConfig, models: RunModels, batch: dict, iteration: int,
         out = diffrect_iteration(seg, models.refine, opt_seg, models.opt_refine, batch, iteration,
                                  run_schedule(cfg)["refine_start"],
                                  cfg.guidance, cfg.rectify_train_mode, cfg.uncertain, hook=models.hook,
-                                 weight=unsup_weight(cfg, iteration), rect_weight=rect_weight(cfg, iteration))
+                                 weight=unsup_weight(cfg, iteration), rect_weight=rect_weight(cfg, iteration),
+                                 pseudo_noise=cfg.pseudo_noise, noise_seed=cfg.seed * 1_000_003 + iteration)
         return {"loss": out.pop("seg"), **out}
 
 # %% ../nbs/06_training.ipynb #7ac45c4e

@@ -134,3 +134,15 @@ def test_stagewise_backward_gives_identical_gradients():
         (0.1 * b2["loss"]).backward() if stagewise else (b1["loss"] + 0.1 * b2["loss"]).backward()
         return [p.grad for p in ref.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(grads(False), grads(True)))
+
+
+def test_pseudo_noise_damages_what_the_rectifier_sees_reproducibly():
+    "`pseudo_noise` (a study switch): the rectifier's losses change, the segmenter's own step does not, same seed = same run."
+    def run(noise, seed=0):
+        torch.manual_seed(0)
+        seg, ref = UNet(), RefineNet()
+        opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in (seg, ref)]
+        return diffrect_iteration(seg, ref, *opts, _batch(), iteration=1001, pseudo_noise=noise, noise_seed=seed)
+    clean, noisy = run(0.0), run(1.0)
+    assert clean["seg"] == noisy["seg"] and clean["b1"] != noisy["b1"]
+    assert run(1.0) == noisy and run(1.0, seed=1)["b1"] != noisy["b1"]

@@ -106,3 +106,13 @@ def test_noise_study_on_frames(xa_root):
     assert cfg.n_classes == 5 and len(res["runs"]) == 4 and res["n_train_slices"] == 6 and res["n_eval_slices"] == 2
     m, sd, se2, n = paired_difference(res, 0.3)
     assert n == 2 and np.isfinite(m) and se2 >= 0 and "detectable (95 % CI half-width)" in study_table(res)
+
+
+def test_more_test_sequences_change_no_training_frame(tmp_path):
+    "The test sequences are drawn last: `n_test` leaves every training and validation frame as it was."
+    a = write_xa_synthetic(tmp_path / "a", n_train=2, n_val=1, n_test=1, n_frames=4, size=48)
+    b = write_xa_synthetic(tmp_path / "b", n_train=2, n_val=1, n_test=2, n_frames=4, size=48)
+    for split in ("train", "val", "test"):
+        fa, fb = MOSXAVFrames(a, split), MOSXAVFrames(b, split)
+        assert all(np.array_equal(fa.read(i, False)["image"], fb.read(i, False)["image"]) for i in range(len(fa)))
+    assert len(MOSXAVFrames(b, "test")) == 2 * len(MOSXAVFrames(a, "test"))
