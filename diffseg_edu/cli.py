@@ -344,7 +344,7 @@ def add_acdc_command(sub):
     "The `acdc` subcommand of `diffseg-bench`: every method, one budget, same seeds, on ACDC or any `--dataset`."
     a = sub.add_parser("acdc",
                        help="train and evaluate every method on ACDC (or --dataset) with the same budget and seeds")
-    a.add_argument("--dataset", choices=sorted(DATASETS), default="acdc", help="the data set (default acdc)")
+    a.add_argument("--dataset", choices=sorted(DATASETS), help="the data set (default: the preset's, else acdc)")
     a.add_argument("--root",
                    help="the data set's folder (required for acdc, mosxav, endoscapes; else the embedded phantom)")
     a.add_argument("--labeled-patients", type=positive_int, default=3,
@@ -505,6 +505,7 @@ def _acdc_command(a, command: str) -> int:
     if a.paper and a.preset not in (None, "paper"):
         raise ConfigError(f"--paper is --preset paper; it contradicts --preset {a.preset}")
     preset = "paper" if a.paper else a.preset or "cpu"
+    a.dataset = a.dataset or PRESETS[preset].get("dataset", "acdc")
     if a.root is not None and not Path(a.root).is_dir(): raise DataError(f"--root {a.root}: not a folder")
     out = output_folder(a.out or f"results/{a.dataset}")
     # another budget: the preset's refine_start and val_every move to the same fractions of the run (unless given)

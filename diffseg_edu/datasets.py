@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['REGISTRY', 'COMPLETE', 'PHANTOM_OF', 'FRAME_READERS', 'DATASETS', 'Source', 'sha256sum', 'fetch_file',
            'finish_unpacked', 'download', 'default_synthetic_root', 'default_varied_root', 'default_xa_root',
-           'AnnotatedFrames', 'DatasetSpec', 'check_patient_leaks', 'dataset_spec', 'open_cases', 'dataset_info']
+           'default_xa_varied_root', 'AnnotatedFrames', 'DatasetSpec', 'check_patient_leaks', 'dataset_spec',
+           'open_cases', 'dataset_info']
 
 # %% ../nbs/reference/datasets.ipynb #90552baf
 import hashlib, json, os, re, shutil, tarfile, time, zipfile
@@ -181,6 +182,12 @@ def default_xa_root() -> Path:
     "The angiography phantom in the data cache, generated on first use."
     return write_xa_synthetic(data_cache() / "xa-synthetic", wait=600)
 
+def default_xa_varied_root() -> Path:
+    """The varied angiography phantom (each sequence imaged its own way, `reference/phantoms`) in the data cache,
+    generated on first use: 24 training sequences, so that a few labelled ones sit among many unlabelled ones, as 3
+    labelled ACDC patients sit among 70, and 4 validation sequences to choose checkpoints by."""
+    return write_xa_synthetic(data_cache() / "xa-synthetic-varied", n_train=24, n_val=4, variability="varied", wait=600)
+
 # %% ../nbs/reference/datasets.ipynb #reg0code
 class AnnotatedFrames:
     "The annotated frames of a frame reader (`MOSXAVFrames`, `EndoscapesFrames`), read on access like `H5Volumes`."
@@ -277,6 +284,8 @@ DATASETS = {"acdc": DatasetSpec(ACDC_CLASSES, "ssl4mis"),
             "synthetic-varied": DatasetSpec(ACDC_CLASSES, "ssl4mis", default_root=default_varied_root),
             "mosxav": DatasetSpec(MOSXAV_CLASSES, "mosxav", policy="nan"),
             "xa-synthetic": DatasetSpec(MOSXAV_CLASSES, "mosxav", default_root=default_xa_root, policy="nan"),
+            "xa-synthetic-varied": DatasetSpec(MOSXAV_CLASSES, "mosxav", default_root=default_xa_varied_root,
+                                               policy="nan"),
             "endoscapes": DatasetSpec(ENDOSCAPES_CLASSES, "endoscapes", in_channels=3, policy="nan")}
 
 def dataset_spec(name: str) -> DatasetSpec:
