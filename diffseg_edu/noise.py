@@ -195,7 +195,7 @@ def paired_difference(result: dict, level: float) -> tuple:
     confidence interval (Student's t with n − 1 degrees of freedom times the standard error) is the smallest effect
     the study can tell from noise."""
     dice = {(r["level"], r["seed"], r["method"]): r["dice_rectified"] for r in result["runs"]}
-    seeds = [s for s in result["config"]["seeds"] if (level, s, "prototypes") in dice and (level, s, "diffrect") in dice]
+    seeds = [s for s in result["config"]["seeds"] if {(level, s, "prototypes"), (level, s, "diffrect")} <= dice.keys()]
     return paired_stats([dice[(level, s, "prototypes")] - dice[(level, s, "diffrect")] for s in seeds])
 
 # %% ../nbs/reference/noise.ipynb #21ae5446s1
