@@ -108,6 +108,9 @@ def test_cli_bad_input_exits_2(synthetic_root, tmp_path, capsys):
     assert "img_size=40" in capsys.readouterr().err
     assert main(["acdc", "--root", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
     assert main(["acdc", "--root", str(synthetic_root), "--labeled-patients", "99", "--iters", "1", "--out", str(tmp_path)]) == 2
+    # no --dataset: the preset's (xa-cpu trains on the varied angiography phantom's 24 training sequences)
+    assert main(["acdc", "--preset", "xa-cpu", "--labeled-patients", "99", "--iters", "1", "--out", str(tmp_path)]) == 2
+    assert "the list has 24 (v00 … v23)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["speed", "--methods", "meanteacher"])
     assert SPEED_ROWS[0] == "floor"
