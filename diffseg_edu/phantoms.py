@@ -328,7 +328,8 @@ def _xa_image(seq: XASequence, shift: np.ndarray, layers: dict, rng: np.random.G
     edge = 0.85 * size + 2 * shift[0] + 0.1 * size * np.cos(3 * xx / size)           # the diaphragm's dome
     diaphragm = 1 / (1 + np.exp(-(yy - edge) / (0.02 * size)))
     blur = lambda name, sigma: ndimage.gaussian_filter(layers[name] * 1.0, sigma)
-    lk, dev = seq.look or XA_STANDARD_LOOK, (seq.look or XA_STANDARD_LOOK)["devices"]
+    lk = seq.look or XA_STANDARD_LOOK
+    dev = lk["devices"]
     mu = (lk["anatomy"] * seq.anatomy + lk["ribs"] * ribs + 0.25 * diaphragm + lk["contrast"] * blur("vessel", 0.6)
           + dev * 0.45 * blur("guide", 0.5) + dev * 0.35 * blur("wire", 0.5) + dev * 0.5 * layers["balloon"]
           + dev * 0.3 * layers["other"])
