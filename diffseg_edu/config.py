@@ -171,8 +171,8 @@ PRESETS = {
                     rect_ramp=True,
                     fast=True),
     # Xi et al.'s setting on a CPU: the varied angiography phantom (each sequence imaged its own way), 3 labelled
-    # sequences, 800 iterations at 96² (demo-xa's optimiser and switches, five times its budget; about 16 minutes a
-    # DiffRect run on one core of an AMD EPYC)
+    # sequences, 800 iterations at 96² (demo-xa's optimiser and switches, five times its budget; a DiffRect run took
+    # 16 minutes on one thread of a 2-core AMD EPYC, another run sharing the cores)
     "xa-cpu": dict(method="diffrect", dataset="xa-synthetic-varied", labeled_patients=3, img_size=96, iters=800,
                    val_every=100, ckpt_every=50, refine_start=200, optimizer="adam", lr=3e-3, refine_lr=2e-3,
                    consistency=1.0, uncertain="ignore", rect_ramp=True, fast=True),
