@@ -151,7 +151,7 @@ def paired_stats(d) -> tuple:
     from scipy import stats
     d = np.asarray(d, float)
     sd = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
-    half = float(stats.t.ppf(0.975, len(d) - 1)) * sd / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    half = float(stats.t.ppf(0.975, len(d) - 1) * sd / np.sqrt(len(d))) if len(d) > 1 else float("nan")
     return (float(d.mean()) if len(d) else float("nan")), sd, half, len(d)
 
 # %% ../nbs/reference/noise.ipynb #pairs0codes1
