@@ -365,10 +365,11 @@ def stored_result(name: str, start=None, fetch: Callable = None, quiet: bool = F
 RESULTS_INDEX = "index.txt"
 
 def results_index(folder) -> list:
-    "Sorted POSIX paths, relative to the results folder `folder`, of every file in it (the index itself left out)."
+    """Sorted POSIX paths, relative to the results folder `folder`, of every file in it; left out: the index itself and
+    run folders (`runs/` at any depth: training runs, never stored results)."""
     folder = Path(folder)
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                  if p.is_file() and p != folder / RESULTS_INDEX)
+                  if p.is_file() and p != folder / RESULTS_INDEX and "runs" not in p.relative_to(folder).parts[:-1])
 
 
 # %% ../nbs/reference/core.ipynb #83b327ac
