@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['PHANTOM_VARIABILITY', 'XA_STANDARD_LOOK', 'PhantomPatient', 'draw_patient', 'phantom_label', 'phantom_image',
-           'phantom_volume', 'draw_look', 'write_synthetic', 'XASequence', 'draw_xa_sequence', 'draw_xa_look',
-           'xa_frame', 'write_xa_synthetic']
+           'phantom_volume', 'draw_look', 'check_variability', 'write_synthetic', 'XASequence', 'draw_xa_sequence',
+           'draw_xa_look', 'xa_frame', 'write_xa_synthetic']
 
 # %% ../nbs/reference/phantoms.ipynb #3b96fd73
 import os, shutil
@@ -123,6 +123,11 @@ def _write_h5(path: Path, image: np.ndarray, label: np.ndarray):
 # %% ../nbs/reference/phantoms.ipynb #4f0b78b4s2
 PHANTOM_VARIABILITY = ("standard", "varied")
 
+def check_variability(dest, variability: str):
+    "Refuse, naming the folder, a `variability` that is not one of `PHANTOM_VARIABILITY` (both phantoms' writers)."
+    if variability not in PHANTOM_VARIABILITY:
+        raise DataError(f"{dest}: variability {variability!r} is not one of {PHANTOM_VARIABILITY}")
+
 def write_synthetic(dest, n_train: int = 20, n_val: int = 5, n_test: int = 5, seed: int = 0, wait: float = 0,
                     variability: str = "standard") -> Path:
     """Generate the phantom data set in SSL4MIS layout under `dest`; returns `dest`. Idempotent for the same arguments
@@ -130,8 +135,7 @@ def write_synthetic(dest, n_train: int = 20, n_val: int = 5, n_test: int = 5, se
     spec = {"n_train": n_train, "n_val": n_val, "n_test": n_test, "seed": seed, "version": 1}
     if variability != "standard": spec["variability"] = variability
     if min(n_train, n_val, n_test) < 1: raise DataError(f"{dest}: every split needs at least one patient, got {spec}")
-    if variability not in PHANTOM_VARIABILITY:
-        raise DataError(f"{dest}: variability {variability!r} is not one of {PHANTOM_VARIABILITY}")
+    check_variability(dest, variability)
     return write_once(dest, spec, f"the phantom generator ({n_train}/{n_val}/{n_test} patients, seed {seed})",
                       lambda d: _write_phantom(d, n_train, n_val, n_test, seed, variability), wait)
 
@@ -358,8 +362,7 @@ def write_xa_synthetic(dest, n_train: int = 8, n_val: int = 2, n_test: int = 6, 
     standard phantom)."""
     spec = dict(n_train=n_train, n_val=n_val, n_test=n_test, n_frames=n_frames, size=size, every=every, seed=seed,
                 version=1)
-    if variability not in PHANTOM_VARIABILITY:
-        raise DataError(f"{dest}: variability {variability!r} is not one of {PHANTOM_VARIABILITY}")
+    check_variability(dest, variability)
     if variability != "standard": spec["variability"] = variability
     if min(n_train, n_val, n_test, n_frames, every) < 1 or size < 32:
         raise DataError(f"{dest}: the angiography phantom needs ≥ 1 sequence per split, frame and step, and size ≥ 32; "
