@@ -107,11 +107,15 @@ class PrototypeConfig:
     attach: str = "z0_hat"
     consistency: bool = True     # add the prototype-level term
     min_fraction: float = 0.5    # a query cell needs this fraction of one class
-    rampup: int = 200            # β ramp as DiffRect's λ (units of 150 iterations); 0 = constant β₀
-    b2_start: int = 1000         # stage (b2) joins after this iteration (DiffRect's refine_start)
+    rampup: int = 200            # β ramp as DiffRect's λ; 0 = constant β₀
+    # 'run': β ramps as the run's λ (over the run under its 'scaled' schedule) and (b2) joins at the run's
+    # refine_start; 'fixed': steps of 150 iterations and `b2_start` whatever the run (below 10,000 iterations the
+    # term then stays under 3 % of β₀, and (b2) never joins a run shorter than b2_start)
+    ramp: str = "run"
+    b2_start: int = 1000         # stage (b2) joins after this iteration without a run's schedule, or with 'fixed'
     def __post_init__(self):
         for name, ok in (("memory", ("ema", "batch")), ("sources", ("gt", "gt+pseudo")),
-                         ("attach", ("z0_hat", "decoder", "label_encoder"))):
+                         ("attach", ("z0_hat", "decoder", "label_encoder")), ("ramp", ("run", "fixed"))):
             if getattr(self, name) not in ok: raise PrototypeError(f"{name}={getattr(self, name)!r}: use one of {ok}")
         if self.tau <= 0: raise PrototypeError(f"tau={self.tau}: must be > 0")
         if self.beta < 0: raise PrototypeError(f"beta={self.beta}: must be ≥ 0")
@@ -137,9 +141,11 @@ class PrototypeContrast(nn.Module):
     """The prototype contrastive consistency term as a rectifier hook: `hook(stage, latents, labels, labeled,
     iteration)` → losses or None."""
     def __init__(self, n_classes: int, cfg: PrototypeConfig = None, widths: Sequence = (16, 32, 64, 128, 256),
-                 seed: int = 0, **kwargs):
+                 seed: int = 0, run_iters: int = None, refine_start: int = None, **kwargs):
         super().__init__()
         self.cfg = cfg = cfg or PrototypeConfig(**kwargs)
+        # the run's schedule (ramp length under 'scaled', None under 'fixed'; (b2) start), used when ramp='run'
+        self.run_iters, self.refine_start = (run_iters, refine_start) if cfg.ramp == "run" else (None, None)
         self.n_classes, self.features = n_classes, cfg.attach == "decoder"
         # own seed: adding the head leaves the global random stream untouched
         with torch.random.fork_rng(devices=[]):
@@ -148,9 +154,12 @@ class PrototypeContrast(nn.Module):
         self.memory = PrototypeMemory(n_classes, cfg.dim, cfg.momentum)
         self.batch_anchors = None
     def weight(self, iteration: int) -> float:
-        "β(t): β₀ times DiffRect's ramp, or β₀ when `rampup=0`."
+        "β(t): β₀ times DiffRect's ramp (over `run_iters`, else in steps of 150), or β₀ when `rampup=0`."
         c = self.cfg
-        return c.beta if c.rampup == 0 else consistency_weight(iteration, c.beta, c.rampup)
+        return c.beta if c.rampup == 0 else consistency_weight(iteration, c.beta, c.rampup, iters=self.run_iters)
+    def b2_start(self) -> int:
+        "The iteration after which stage (b2) joins: the run's `refine_start`, else `cfg.b2_start`."
+        return self.cfg.b2_start if self.refine_start is None else self.refine_start
     def anchors(self) -> tuple:
         "`(prototypes (K, D), valid (K,))` used as anchors: the memory, or the last stage-(b1) batch."
         if self.cfg.memory == "ema": return self.memory.protos, self.memory.seen
@@ -173,9 +182,9 @@ def update(self: PrototypeContrast, target: torch.Tensor, masks: torch.Tensor, r
 def forward(self: PrototypeContrast, stage: str, latents: dict, labels: torch.Tensor, labeled: torch.Tensor,
             iteration: int = 0):
     """The hook's losses at `stage` ('b1' or 'b2'): β·(InfoNCE + consistency) of the projected x̂₀ features against
-    the anchors, or None while β is 0 (and in stage b2 until `b2_start`); stage b1 first updates the anchors."""
+    the anchors, or None while β is 0 (and in stage b2 until `b2_start()`); stage b1 first updates the anchors."""
     beta = self.weight(iteration)
-    if beta == 0 or (stage == "b2" and iteration <= self.cfg.b2_start): return None
+    if beta == 0 or (stage == "b2" and iteration <= self.b2_start()): return None
     # queries from the attached features; anchors from their clean counterpart (decoder: of z₀; else z₀ itself)
     pred, target = {"decoder": ("dec_hat", "dec0"), "label_encoder": ("c", "z0")}.get(self.cfg.attach, ("z0_hat", "z0"))
     pred, target = latents[pred], latents[target]

@@ -96,7 +96,10 @@ def build_models(cfg: TrainConfig, n_classes: int, device: torch.device) -> RunM
     if cfg.method.startswith("diffrect"):
         refine = RefineNet(refine_config(cfg, n_classes)).to(device, memory_format=fmt)
         if cfg.method == "diffrect_proto":
-            hook = PrototypeContrast(n_classes, PrototypeConfig(**cfg.proto), seed=cfg.seed).to(device)
+            # the term follows the run's schedule: β ramps as λ, stage (b2) joins with the rectifier's
+            hook = PrototypeContrast(n_classes, PrototypeConfig(**cfg.proto), seed=cfg.seed,
+                                     run_iters=cfg.iters if cfg.schedule == "scaled" else None,
+                                     refine_start=run_schedule(cfg)["refine_start"]).to(device)
     def opt(params, lr):
         kind, kw = (torch.optim.Adam, {}) if cfg.optimizer == "adam" else (torch.optim.SGD,
                                                                            dict(momentum=cfg.momentum,

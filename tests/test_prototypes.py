@@ -223,3 +223,18 @@ def test_bench_noise_command(synthetic_root, tmp_path, capsys):
 def test_noise_study_on_acdc(acdc_root):
     res = noise_study(NoiseStudyConfig(dataset="acdc", root=str(acdc_root), levels=(0.3,), seeds=(0,), steps=1, n_eval=4, workers=1), progress=False)
     assert len(res["runs"]) == 2 and 0 < res["runs"][0]["dice_noisy"] < 1
+
+
+def test_training_run_term_follows_the_run_schedule():
+    "build_models hands the run's schedule to the hook: β reaches β₀ at the run's end, (b2) joins at refine_start."
+    from diffseg_edu.config import make_config
+    from diffseg_edu.train import build_models
+    cfg = make_config("xa-cpu", method="diffrect_proto")
+    hook = build_models(cfg, 4, torch.device("cpu")).hook
+    assert abs(hook.weight(cfg.iters) - 0.1) < 1e-9 and hook.b2_start() == cfg.refine_start == 200
+    assert hook.weight(cfg.iters // 2) > 0.01                      # λ's shape at mid-run: about 0.29 β₀
+    fixed = build_models(make_config("xa-cpu", method="diffrect_proto", proto={"ramp": "fixed"}), 4,
+                         torch.device("cpu")).hook
+    assert fixed.weight(cfg.iters) < 0.003 and fixed.b2_start() == 1000
+    official = build_models(make_config("paper", method="diffrect_proto", schedule="fixed"), 4, torch.device("cpu")).hook
+    assert official.run_iters is None and official.b2_start() == 1000  # the official schedule: 150-iteration steps
