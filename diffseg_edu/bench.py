@@ -351,8 +351,12 @@ def train_or_reuse(cfg, folder, progress: bool = False) -> dict:
             if created and folder.is_dir() and all(f.name.startswith(".lock") for f in folder.iterdir()):
                 shutil.rmtree(folder, ignore_errors=True)
             raise
-        (folder / "timing.json").write_text(json.dumps({"wall_s": time.perf_counter() - t0,
-                                                        "train_s": summary["seconds"], "status": status}))
+        call_s = time.perf_counter() - t0
+        # a resumed run adds the training time of its earlier calls (from last.pt); None where that is unknown
+        earlier = None if summary["total_seconds"] is None else summary["total_seconds"] - summary["seconds"]
+        (folder / "timing.json").write_text(json.dumps({"wall_s": call_s + (earlier or 0.0), "call_s": call_s,
+                                                        "earlier_s": earlier, "train_s": summary["total_seconds"],
+                                                        "status": status}))
     timing = json.loads((folder / "timing.json").read_text()) if (folder / "timing.json").exists() else {}
     metrics = json.loads((folder / "metrics.json").read_text())
     return {"method": cfg.method, "seed": cfg.seed, "labeled_patients": cfg.labeled_patients, "run": str(folder),

@@ -37,11 +37,11 @@ def rng_state() -> dict:
     return state
 
 # %% ../nbs/reference/engine.ipynb #6fe76582s1
-def training_state(models: RunModels, iteration: int, best: dict, rng: list = None) -> dict:
+def training_state(models: RunModels, iteration: int, best: dict, rng: list = None, seconds: float = None) -> dict:
     """The extra entries of `last.pt` beside the segmentation weights; `rng` lists the random states of all processes
-    (default: this one)."""
+    (default: this one); `seconds`: the run's training time up to `iteration`, over every call (None: unknown)."""
     state = {"iteration": iteration, "best": best, "opt_seg": models.opt_seg.state_dict(),
-             "rng": rng or [rng_state()]}
+             "rng": rng or [rng_state()], "seconds": seconds}
     for k in ("refine", "hook", "opt_refine"):
         if getattr(models, k) is not None: state[k] = getattr(models, k).state_dict()
     return state
@@ -150,8 +150,9 @@ def resume_checkpoint(out: Path) -> dict:
 
 # %% ../nbs/reference/engine.ipynb #loop1codes1
 def resume_state(r) -> tuple:
-    """`(iteration, best)` restored into `r.models` (`r`: a `TrainingRun`) from `last.pt` (or its fallback); refused
-    unless the file was written by the same configuration and the same number of processes."""
+    """`(iteration, best, seconds)` restored into `r.models` (`r`: a `TrainingRun`) from `last.pt` (or its fallback):
+    `seconds` is the training time up to it (None in files older than that entry); refused unless the file was written
+    by the same configuration and the same number of processes."""
     last, saved = r.out / "last.pt", resume_checkpoint(r.out)
     if not isinstance(saved.get("config"), dict):
         raise ModelError(f"{last}: not a training checkpoint (no 'config'); resume needs a last.pt")
@@ -162,7 +163,7 @@ def resume_state(r) -> tuple:
     n = len(saved.get("rng", [None]))
     if n != r.dist.world:
         raise ConfigError(f"{last} was written by {n} process(es); resume it with the same number, not {r.dist.world}")
-    try: return restore_state(r.models, saved, r.dist.rank)
+    try: return (*restore_state(r.models, saved, r.dist.rank), saved.get("seconds"))
     # a crafted or foreign file that passed the checks above
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ModelError(f"{last}: does not fit this run ({type(e).__name__}: "

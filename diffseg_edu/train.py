@@ -209,6 +209,10 @@ class TrainingRun:
     writer: object = None
     val_cases: list = None
     t0: float = 0.0
+    earlier_s: float = 0.0      # training seconds of the earlier calls up to `start` (from last.pt; None: unknown)
+    def seconds(self) -> float:
+        "Training seconds up to now over every call of this run (None when an earlier call's time is unknown)."
+        return None if self.earlier_s is None else self.earlier_s + time.perf_counter() - self.t0
     @property
     def device(self) -> torch.device: return self.dist.device
     def batch(self) -> dict:
@@ -235,7 +239,7 @@ def open_run(cfg: TrainConfig, out: Path, dist: "Distributed", resume: bool = Fa
         models.opt_seg = SyncedOptimizer(models.opt_seg, dist)
         if models.opt_refine is not None: models.opt_refine = SyncedOptimizer(models.opt_refine, dist)
     r = TrainingRun(cfg, run, out, dist, TrainData(cfg), models)
-    if resume: r.start, r.best = resume_state(r)
+    if resume: r.start, r.best, r.earlier_s = resume_state(r)
     if dist.main:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
         r.log = RunLog(out / "log.csv", keep_until=r.start if resume else None)
@@ -308,7 +312,7 @@ def save_training_state(r: TrainingRun):
     if r.dist.main:
         save_checkpoint(r.out / "last.pt", r.models.seg, keep_previous=True, img_size=r.cfg.img_size,
                         config=asdict(r.cfg),
-                        **training_state(r.models, r.it, r.best, rng))
+                        **training_state(r.models, r.it, r.best, rng, seconds=r.seconds()))
 
 # %% ../nbs/06_training.ipynb #loop7codes1
 def show_progress(r: TrainingRun, losses: dict, lr: float):
@@ -324,7 +328,9 @@ def finish_run(r: TrainingRun) -> dict:
     `last.prev.pt`."""
     if r.bar is not None: r.bar.close()
     r.dist.barrier()
-    summary = {"iteration": r.it, "best": r.best, "seconds": time.perf_counter() - r.t0, "device": str(r.device),
+    # seconds: this call; total_seconds: every call of the run (None when an earlier one's time is unknown)
+    summary = {"iteration": r.it, "best": r.best, "seconds": time.perf_counter() - r.t0, "total_seconds": r.seconds(),
+               "device": str(r.device),
                "rank": r.dist.rank, "world": r.dist.world}
     if r.dist.main and r.it == r.cfg.iters:
         summary["metrics"] = final_metrics(r.cfg, r.out, r.device)

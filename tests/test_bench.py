@@ -1,6 +1,7 @@
 "Benchmarks: the speed rows and their ratio, isolation, the ACDC driver (train, resume, reuse, summary), label efficiency, the demo timing, the CLI."
 from diffseg_edu.core import cpu_kind
 import json
+import torch
 
 import pytest
 
@@ -66,10 +67,27 @@ def test_train_or_reuse_resumes_then_reuses(synthetic_root, tmp_path):
     train(cfg, folder, progress=False, stop_after=3)                      # an interrupted run
     first = train_or_reuse(cfg, folder)
     assert first["status"] == "resumed" and read_checkpoint(folder / "last.pt")["iteration"] == cfg.iters
+    # the run's time counts every call: the interrupted one's seconds come from last.pt
+    timing = json.loads((folder / "timing.json").read_text())
+    assert timing["earlier_s"] > 0 and timing["wall_s"] == pytest.approx(timing["call_s"] + timing["earlier_s"])
+    assert timing["train_s"] > timing["earlier_s"] and read_checkpoint(folder / "last.pt")["seconds"] >= timing["train_s"] - 5
     again = train_or_reuse(cfg, folder)
     assert again["status"] == "reused" and again["splits"] == first["splits"]
     with pytest.raises(ConfigError, match="another configuration"):
         train_or_reuse(make_config("smoke", root=str(synthetic_root), method="supervised"), folder)
+
+
+def test_a_resume_from_a_file_without_seconds_times_only_its_call(synthetic_root, tmp_path):
+    "last.pt written before it recorded the training time: the earlier time is unknown, not zero."
+    cfg = make_config("smoke", root=str(synthetic_root), method="supervised")
+    folder = tmp_path / run_name("supervised", 2, 0)
+    train(cfg, folder, progress=False, stop_after=3)
+    old = torch.load(folder / "last.pt", weights_only=False)
+    del old["seconds"]
+    torch.save(old, folder / "last.pt")
+    train_or_reuse(cfg, folder)
+    timing = json.loads((folder / "timing.json").read_text())
+    assert timing["earlier_s"] is None and timing["train_s"] is None and timing["wall_s"] == timing["call_s"]
 
 
 def test_acdc_command_end_to_end_on_the_phantom(synthetic_root, tmp_path, capsys):
