@@ -351,12 +351,12 @@ def train_or_reuse(cfg, folder, progress: bool = False) -> dict:
             if created and folder.is_dir() and all(f.name.startswith(".lock") for f in folder.iterdir()):
                 shutil.rmtree(folder, ignore_errors=True)
             raise
-        call_s = time.perf_counter() - t0
-        # a resumed run adds the training time of its earlier calls (from last.pt); None where that is unknown
-        earlier = None if summary["total_seconds"] is None else summary["total_seconds"] - summary["seconds"]
-        (folder / "timing.json").write_text(json.dumps({"wall_s": call_s + (earlier or 0.0), "call_s": call_s,
-                                                        "earlier_s": earlier, "train_s": summary["total_seconds"],
-                                                        "status": status}))
+        call_s, earlier = time.perf_counter() - t0, summary["earlier_s"]
+        # a resumed run adds its earlier calls' training time up to last.pt (work redone after it counts once, in this
+        # call); unknown (None) for a last.pt older than that record
+        (folder / "timing.json").write_text(json.dumps({"wall_s": None if earlier is None else call_s + earlier,
+                                                        "call_s": call_s, "earlier_s": earlier,
+                                                        "train_s": summary["total_seconds"], "status": status}))
     timing = json.loads((folder / "timing.json").read_text()) if (folder / "timing.json").exists() else {}
     metrics = json.loads((folder / "metrics.json").read_text())
     return {"method": cfg.method, "seed": cfg.seed, "labeled_patients": cfg.labeled_patients, "run": str(folder),
@@ -444,6 +444,7 @@ def acdc_benchmark(root, labeled_patients: int = 3, methods: Sequence = METHODS,
 def acdc_table(result: dict) -> str:
     "Markdown table of an `acdc_benchmark` result."
     s = result["settings"]
+    def minutes(s): return f"{s / 60:.1f}" if np.isfinite(s) else "–"          # – : no run's time is known
     def fmt(ms, d):
         if ms[0] is None: return "–"
         return f"{ms[0]:.{d}f}" + (f" ± {ms[1]:.{d}f}" if ms[1] is not None else "")
@@ -455,7 +456,7 @@ def acdc_table(result: dict) -> str:
         m = r["metrics"]
         lines.append(f"| {r['method']} | {r['split']} | {r['n']} | {fmt(m['dice'], 4)} | {fmt(m['jaccard'], 4)} | "
                      f"{fmt(m['hd95'], 2)} | "
-                     f"{fmt(m['asd'], 2)} | {r['wall_s'] / 60:.1f} |")
+                     f"{fmt(m['asd'], 2)} | {minutes(r['wall_s'])} |")
     return "\n".join(lines)
 
 # %% ../nbs/reference/bench.ipynb #c32d95ee

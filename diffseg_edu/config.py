@@ -77,6 +77,9 @@ class MethodSwitches:
     proto: dict = field(default_factory=dict)   # PrototypeConfig overrides (diffrect_proto)
     # study switch: damage the pseudo labels the rectifier sees (`corrupt_labels` at this strength; 0 = none, official)
     pseudo_noise: float = 0.0
+    # the prototype term's schedule: 'run' (β ramps as the run's λ, stage (b2) joins at refine_start) or 'fixed'
+    # (steps of 150 iterations and `proto["b2_start"]`: under 3 % of β₀ for the first 4,900 iterations)
+    proto_schedule: str = "run"
 
 # %% ../nbs/reference/config.ipynb #cfgrun
 @dataclass
@@ -123,7 +126,7 @@ SETTING_RULES = {       # name: (test, what the value must be); the type comes f
     "method": _one_of(*METHODS), "dataset": _one_of(*DATASETS), "optimizer": _one_of("sgd", "adam"),
     "schedule": _one_of("scaled", "fixed"), "amp": _one_of("bf16"),
     "dropout_draw": _one_of("torch", "bits"), "guidance": _one_of("official", "per_sample"),
-    "uncertain": _one_of("background", "ignore"),
+    "uncertain": _one_of("background", "ignore"), "proto_schedule": _one_of("run", "fixed"),
     "img_size": ((lambda v: v > 0 and v % 16 == 0), "a positive multiple of 16 (the U-Net pools four times)"),
     **{k: _at_least(1) for k in ("labeled_patients", "iters", "batch_size", "labeled_bs", "val_every", "ckpt_every",
                                  "n_val")},
@@ -227,12 +230,14 @@ def dropout_draw(cfg) -> str:
 
 # %% ../nbs/reference/config.ipynb #3cfcc073s3
 # settings added later whose absence in a saved config means something else than their default
-LEGACY = {"schedule": "fixed", "dropout_draw": "torch"}
+LEGACY = {"schedule": "fixed", "dropout_draw": "torch", "proto_schedule": "fixed"}
 
 # (`refine`, `proto`: must be empty)
-_RECTIFIER = ("rect_ramp", "refine_lr", "refine_poly", "refine_start", "guidance", "rectify_train_mode", "pseudo_noise")
+_RECTIFIER = ("rect_ramp", "refine_lr", "refine_poly", "refine_start", "guidance", "rectify_train_mode", "pseudo_noise",
+              "proto_schedule")
 # settings a method never reads
-UNREAD = {"supervised": ("consistency", "uncertain", *_RECTIFIER), "fixmatch": _RECTIFIER}
+UNREAD = {"supervised": ("consistency", "uncertain", *_RECTIFIER), "fixmatch": _RECTIFIER,
+          "diffrect": ("proto_schedule",)}
 # settings that change what a run records, never what it learns
 RECORD_ONLY = ("tensorboard", "log_heldout")
 
@@ -278,6 +283,9 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.method != "supervised" and cfg.labeled_bs == cfg.batch_size:
         raise ConfigError(f"method {cfg.method!r} needs unlabelled rows: labeled_bs={cfg.labeled_bs} equals batch_size")
     if cfg.method == "diffrect_proto": PrototypeConfig(**cfg.proto)          # its own checks
+    if "b2_start" in cfg.proto and cfg.proto_schedule == "run":
+        raise ConfigError(f"proto b2_start={cfg.proto['b2_start']}: applies with proto_schedule='fixed'; under 'run' "
+                          f"stage (b2) joins at refine_start")
     elif cfg.proto: raise ConfigError(f"proto settings {cfg.proto} only apply to method 'diffrect_proto'")
     if cfg.refine and not cfg.method.startswith("diffrect"):
         raise ConfigError(f"refine settings {cfg.refine} only apply to the DiffRect methods")

@@ -108,14 +108,10 @@ class PrototypeConfig:
     consistency: bool = True     # add the prototype-level term
     min_fraction: float = 0.5    # a query cell needs this fraction of one class
     rampup: int = 200            # β ramp as DiffRect's λ; 0 = constant β₀
-    # 'run': β ramps as the run's λ (over the run under its 'scaled' schedule) and (b2) joins at the run's
-    # refine_start; 'fixed': steps of 150 iterations and `b2_start` whatever the run (below 10,000 iterations the
-    # term then stays under 3 % of β₀, and (b2) never joins a run shorter than b2_start)
-    ramp: str = "run"
-    b2_start: int = 1000         # stage (b2) joins after this iteration without a run's schedule, or with 'fixed'
+    b2_start: int = 1000         # stage (b2) joins after this iteration, unless the hook follows a run's schedule
     def __post_init__(self):
         for name, ok in (("memory", ("ema", "batch")), ("sources", ("gt", "gt+pseudo")),
-                         ("attach", ("z0_hat", "decoder", "label_encoder")), ("ramp", ("run", "fixed"))):
+                         ("attach", ("z0_hat", "decoder", "label_encoder"))):
             if getattr(self, name) not in ok: raise PrototypeError(f"{name}={getattr(self, name)!r}: use one of {ok}")
         if self.tau <= 0: raise PrototypeError(f"tau={self.tau}: must be > 0")
         if self.beta < 0: raise PrototypeError(f"beta={self.beta}: must be ≥ 0")
@@ -144,8 +140,9 @@ class PrototypeContrast(nn.Module):
                  seed: int = 0, run_iters: int = None, refine_start: int = None, **kwargs):
         super().__init__()
         self.cfg = cfg = cfg or PrototypeConfig(**kwargs)
-        # the run's schedule (ramp length under 'scaled', None under 'fixed'; (b2) start), used when ramp='run'
-        self.run_iters, self.refine_start = (run_iters, refine_start) if cfg.ramp == "run" else (None, None)
+        # a training run's schedule, when the hook follows it: β's ramp length (None: steps of 150 iterations) and
+        # the iteration after which stage (b2) joins (None: `cfg.b2_start`)
+        self.run_iters, self.refine_start = run_iters, refine_start
         self.n_classes, self.features = n_classes, cfg.attach == "decoder"
         # own seed: adding the head leaves the global random stream untouched
         with torch.random.fork_rng(devices=[]):

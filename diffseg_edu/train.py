@@ -96,10 +96,11 @@ def build_models(cfg: TrainConfig, n_classes: int, device: torch.device) -> RunM
     if cfg.method.startswith("diffrect"):
         refine = RefineNet(refine_config(cfg, n_classes)).to(device, memory_format=fmt)
         if cfg.method == "diffrect_proto":
-            # the term follows the run's schedule: β ramps as λ, stage (b2) joins with the rectifier's
+            # 'run': the term follows the run's schedule (β ramps as λ, stage (b2) joins with the rectifier's)
+            follow = cfg.proto_schedule == "run"
             hook = PrototypeContrast(n_classes, PrototypeConfig(**cfg.proto), seed=cfg.seed,
-                                     run_iters=cfg.iters if cfg.schedule == "scaled" else None,
-                                     refine_start=run_schedule(cfg)["refine_start"]).to(device)
+                                     run_iters=cfg.iters if follow and cfg.schedule == "scaled" else None,
+                                     refine_start=run_schedule(cfg)["refine_start"] if follow else None).to(device)
     def opt(params, lr):
         kind, kw = (torch.optim.Adam, {}) if cfg.optimizer == "adam" else (torch.optim.SGD,
                                                                            dict(momentum=cfg.momentum,
@@ -330,7 +331,7 @@ def finish_run(r: TrainingRun) -> dict:
     r.dist.barrier()
     # seconds: this call; total_seconds: every call of the run (None when an earlier one's time is unknown)
     summary = {"iteration": r.it, "best": r.best, "seconds": time.perf_counter() - r.t0, "total_seconds": r.seconds(),
-               "device": str(r.device),
+               "earlier_s": r.earlier_s, "device": str(r.device),
                "rank": r.dist.rank, "world": r.dist.world}
     if r.dist.main and r.it == r.cfg.iters:
         summary["metrics"] = final_metrics(r.cfg, r.out, r.device)

@@ -227,14 +227,21 @@ def test_noise_study_on_acdc(acdc_root):
 
 def test_training_run_term_follows_the_run_schedule():
     "build_models hands the run's schedule to the hook: β reaches β₀ at the run's end, (b2) joins at refine_start."
-    from diffseg_edu.config import make_config
+    from diffseg_edu.config import ConfigError, check_config, make_config, same_config
     from diffseg_edu.train import build_models
     cfg = make_config("xa-cpu", method="diffrect_proto")
     hook = build_models(cfg, 4, torch.device("cpu")).hook
     assert abs(hook.weight(cfg.iters) - 0.1) < 1e-9 and hook.b2_start() == cfg.refine_start == 200
     assert hook.weight(cfg.iters // 2) > 0.01                      # λ's shape at mid-run: about 0.29 β₀
-    fixed = build_models(make_config("xa-cpu", method="diffrect_proto", proto={"ramp": "fixed"}), 4,
+    fixed = build_models(make_config("xa-cpu", method="diffrect_proto", proto_schedule="fixed"), 4,
                          torch.device("cpu")).hook
     assert fixed.weight(cfg.iters) < 0.003 and fixed.b2_start() == 1000
     official = build_models(make_config("paper", method="diffrect_proto", schedule="fixed"), 4, torch.device("cpu")).hook
     assert official.run_iters is None and official.b2_start() == 1000  # the official schedule: 150-iteration steps
+    # a config saved before the switch existed ran the fixed schedule; plain DiffRect never reads it
+    saved = {k: v for k, v in json.loads(json.dumps(__import__("dataclasses").asdict(cfg))).items() if k != "proto_schedule"}
+    assert not same_config(saved, cfg) and same_config(saved, make_config("xa-cpu", method="diffrect_proto",
+                                                                          proto_schedule="fixed"))
+    assert same_config({**saved, "method": "diffrect"}, make_config("xa-cpu"))
+    with pytest.raises(ConfigError, match="b2_start=300: applies with proto_schedule='fixed'"):
+        check_config(make_config("xa-cpu", method="diffrect_proto", proto={"b2_start": 300}))

@@ -98,7 +98,8 @@ def test_a_forward_after_an_optimiser_step_sees_the_new_weights_under_autocast()
 
 
 OTHER = {"rect_ramp": True, "refine_lr": 0.5, "refine_poly": True, "refine_start": 1, "guidance": "per_sample",
-         "rectify_train_mode": False, "consistency": 0.7, "uncertain": "ignore", "pseudo_noise": 0.5}
+         "rectify_train_mode": False, "consistency": 0.7, "uncertain": "ignore", "pseudo_noise": 0.5,
+         "proto_schedule": "fixed"}
 
 @pytest.mark.parametrize("method", ["supervised", "fixmatch"])
 def test_settings_a_baseline_never_reads(synthetic_root, tmp_path, method):
