@@ -283,10 +283,10 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.method != "supervised" and cfg.labeled_bs == cfg.batch_size:
         raise ConfigError(f"method {cfg.method!r} needs unlabelled rows: labeled_bs={cfg.labeled_bs} equals batch_size")
     if cfg.method == "diffrect_proto": PrototypeConfig(**cfg.proto)          # its own checks
+    elif cfg.proto: raise ConfigError(f"proto settings {cfg.proto} only apply to method 'diffrect_proto'")
     if "b2_start" in cfg.proto and cfg.proto_schedule == "run":
         raise ConfigError(f"proto b2_start={cfg.proto['b2_start']}: applies with proto_schedule='fixed'; under 'run' "
                           f"stage (b2) joins at refine_start")
-    elif cfg.proto: raise ConfigError(f"proto settings {cfg.proto} only apply to method 'diffrect_proto'")
     if cfg.refine and not cfg.method.startswith("diffrect"):
         raise ConfigError(f"refine settings {cfg.refine} only apply to the DiffRect methods")
     # build it once to check it (empty: the official one)

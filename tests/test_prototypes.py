@@ -243,5 +243,6 @@ def test_training_run_term_follows_the_run_schedule():
     assert not same_config(saved, cfg) and same_config(saved, make_config("xa-cpu", method="diffrect_proto",
                                                                           proto_schedule="fixed"))
     assert same_config({**saved, "method": "diffrect"}, make_config("xa-cpu"))
+    check_config(make_config("xa-cpu", method="diffrect_proto", proto={"sources": "gt+pseudo", "tau": 0.2}))  # allowed
     with pytest.raises(ConfigError, match="b2_start=300: applies with proto_schedule='fixed'"):
         check_config(make_config("xa-cpu", method="diffrect_proto", proto={"b2_start": 300}))
