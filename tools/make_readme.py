@@ -27,9 +27,18 @@ def readme_text() -> str:
     return HEADER + re.sub(r"\n{3,}", "\n\n", body).strip() + "\n"
 
 def index_text() -> str:
-    "results/index.txt: every stored result's path, one per line."
+    """results/index.txt: every stored result's path, one per line; files git ignores (checkpoints a benchmark left
+    beside the committed ones) are not stored results, so a clean clone writes the same index."""
+    import subprocess
     from diffseg_edu.core import results_index
-    return "".join(f"{n}\n" for n in results_index(ROOT / "results"))
+    names = results_index(ROOT / "results")
+    ignored = set()
+    try:
+        out = subprocess.run(["git", "check-ignore", "--stdin"], cwd=ROOT, capture_output=True, text=True,
+                             input="".join(f"results/{n}\n" for n in names))
+        ignored = {line[len("results/"):] for line in out.stdout.splitlines()} if out.returncode in (0, 1) else set()
+    except OSError: pass                                    # no git: list everything
+    return "".join(f"{n}\n" for n in names if n not in ignored)
 
 if __name__ == "__main__":
     stale = []
