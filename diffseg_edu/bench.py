@@ -352,11 +352,12 @@ def train_or_reuse(cfg, folder, progress: bool = False) -> dict:
                 shutil.rmtree(folder, ignore_errors=True)
             raise
         call_s, earlier = time.perf_counter() - t0, summary["earlier_s"]
+        train_s = None if earlier is None else summary["seconds"] + earlier
         # a resumed run adds its earlier calls' training time up to last.pt (work redone after it counts once, in this
         # call); unknown (None) for a last.pt older than that record
         (folder / "timing.json").write_text(json.dumps({"wall_s": None if earlier is None else call_s + earlier,
                                                         "call_s": call_s, "earlier_s": earlier,
-                                                        "train_s": summary["total_seconds"], "status": status}))
+                                                        "train_s": train_s, "status": status}))
     timing = json.loads((folder / "timing.json").read_text()) if (folder / "timing.json").exists() else {}
     metrics = json.loads((folder / "metrics.json").read_text())
     return {"method": cfg.method, "seed": cfg.seed, "labeled_patients": cfg.labeled_patients, "run": str(folder),

@@ -329,9 +329,9 @@ def finish_run(r: TrainingRun) -> dict:
     `last.prev.pt`."""
     if r.bar is not None: r.bar.close()
     r.dist.barrier()
-    # seconds: this call; total_seconds: every call of the run (None when an earlier one's time is unknown)
-    summary = {"iteration": r.it, "best": r.best, "seconds": time.perf_counter() - r.t0, "total_seconds": r.seconds(),
-               "earlier_s": r.earlier_s, "device": str(r.device),
+    # seconds: this call; earlier_s: the earlier calls' training time (None when unknown)
+    summary = {"iteration": r.it, "best": r.best, "seconds": time.perf_counter() - r.t0, "earlier_s": r.earlier_s,
+               "device": str(r.device),
                "rank": r.dist.rank, "world": r.dist.world}
     if r.dist.main and r.it == r.cfg.iters:
         summary["metrics"] = final_metrics(r.cfg, r.out, r.device)
