@@ -19,7 +19,7 @@ def readme_text() -> str:
     for c in nb.cells:
         if re.search(r"^#\|\s*(hide|exporti?)\b", c.source, re.M):
             continue
-        c.source = "\n".join(l for l in c.source.splitlines() if not l.startswith("#|"))
+        c.source = "\n".join(line for line in c.source.splitlines() if not line.startswith("#|"))
         if c.cell_type == "code": c.outputs = []
         cells.append(c)
     nb.cells = cells
@@ -46,7 +46,9 @@ if __name__ == "__main__":
         if "--check" in sys.argv:
             if not path.is_file() or path.read_text() != text: stale.append(path.relative_to(ROOT).as_posix())
         else:
-            path.write_text(text); print(f"wrote {path}")
+            path.write_text(text)
+            print(f"wrote {path}")
     if stale:
-        print(f"{', '.join(stale)} out of date: run `python tools/make_readme.py`"); sys.exit(1)
+        print(f"{', '.join(stale)} out of date: run `python tools/make_readme.py`")
+        sys.exit(1)
     if "--check" in sys.argv: print("README.md and results/index.txt are up to date")
