@@ -449,7 +449,8 @@ def acdc_table(result: dict) -> str:
     def fmt(ms, d):
         if ms[0] is None: return "–"
         return f"{ms[0]:.{d}f}" + (f" ± {ms[1]:.{d}f}" if ms[1] is not None else "")
-    unit = "patients" if DATASETS[s.get("dataset", "acdc")].layout == "ssl4mis" else "sequences"
+    unit = "patient" if DATASETS[s.get("dataset", "acdc")].layout == "ssl4mis" else "sequence"
+    unit += "" if s["labeled_patients"] == 1 else "s"
     lines = [f"| method ({s['labeled_patients']} labelled {unit}, {s['iters']} it. at {s['img_size']}²) | split | "
              "seeds | Dice | Jaccard | "
              "HD95 | ASD | minutes per run |", "|---|---|---|---|---|---|---|---|"]
