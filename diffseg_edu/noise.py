@@ -171,7 +171,7 @@ def table_differences(table: dict, base: dict) -> list:
     sa, sb = table["settings"], base["settings"]
     if bad := [k for k in PROTOCOL if sa.get(k) != sb.get(k)]:
         raise DataError("the two tables are not paired by seed: they differ in "
-                          + ", ".join(f"{k} ({sa.get(k)!r} against {sb.get(k)!r})" for k in bad))
+                        + ", ".join(f"{k} ({sa.get(k)!r} against {sb.get(k)!r})" for k in bad))
     ca, cb = sa.get("config", {}), sb.get("config", {})
     return sorted(k for k in ca.keys() | cb.keys() if ca.get(k) != cb.get(k))
 
