@@ -184,7 +184,8 @@ def paired_runs(table: dict, a: str = "diffrect_proto", b: str = "diffrect", spl
     differ = [] if base is None else table_differences(table, base)
     def scores(t): return {(r["method"], r["seed"]): r["splits"][split][metric]
                            for r in t["records"] if split in r["splits"]}
-    score_a, score_b = scores(table), scores(table if base is None else base)
+    score_a = scores(table)
+    score_b = score_a if base is None else scores(base)
     seeds = sorted(s for m, s in score_a if m == a and (b, s) in score_b)
     diffs = [score_a[(a, s)] - score_b[(b, s)] for s in seeds]
     mean, sd, hw, n = paired_stats(diffs)
